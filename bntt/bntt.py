@@ -1,0 +1,119 @@
+"""Batch Normalization Through Time (BNTT), Kim & Panda 2021, Eq. (5)-(6).
+
+One BatchNorm per time step: step t normalises with the statistics of the batch at step t
+(training) or with its own running statistics (evaluation), and scales by its own gamma_t.
+There is no shift (beta). eps = 1e-4, momentum = 0.1, as in the authors' code.
+
+Storage is one [T, C] tensor per quantity, so that all steps can be normalised in one
+reduction; the state_dict is written and read in the authors' per-step layout
+(`<name>.<t>.weight`, `.running_mean`, `.running_var`, `.num_batches_tracked`), so checkpoints
+load in both directions with strict key checking.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_PER_STEP = ("weight", "running_mean", "running_var", "num_batches_tracked")
+
+
+class BNTT(nn.Module):
+    """BatchNorm with per-time-step statistics and scale, for 1d ([B, C]) or 2d ([B, C, H, W]) maps.
+
+    - `bn(x, t)`: one step; x is [B, C, ...], normalised with step t's statistics and gamma.
+    - `bn(x)`: all steps at once; x is [n, B, C, ...] holding steps 0..n-1 (n <= num_steps),
+      each normalised with its own statistics, in one reduction.
+
+    Both forms compute exactly what `nn.BatchNorm{1,2}d(C, eps, momentum, affine=True)` with its
+    bias removed computes at each step. The arithmetic runs in the wider of the input's and the
+    parameters' dtypes, so under bf16 autocast the normalisation stays in float32.
+    """
+
+    def __init__(self, num_features: int, num_steps: int, eps: float = 1e-4, momentum: float = 0.1,
+                 device=None, dtype=None):
+        super().__init__()
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.num_features = num_features
+        self.num_steps = num_steps
+        self.eps = eps
+        self.momentum = momentum
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.ones(num_steps, num_features, **factory))  # gamma_t
+        self.register_buffer("running_mean", torch.zeros(num_steps, num_features, **factory))
+        self.register_buffer("running_var", torch.ones(num_steps, num_features, **factory))
+        self.register_buffer("num_batches_tracked",
+                             torch.zeros(num_steps, dtype=torch.long, device=device))
+
+    def forward(self, x: torch.Tensor, t: int | None = None) -> torch.Tensor:
+        if t is not None:
+            if not 0 <= t < self.num_steps:
+                raise IndexError(f"time step {t} out of range for BNTT with {self.num_steps} steps")
+            return self._normalise(x.unsqueeze(0), t)[0]
+        if not 1 <= x.shape[0] <= self.num_steps:
+            raise ValueError(f"BNTT with {self.num_steps} steps got a stack of {x.shape[0]} steps")
+        return self._normalise(x, 0)
+
+    def _normalise(self, x: torch.Tensor, first_step: int) -> torch.Tensor:
+        n, batch, channels = x.shape[:3]
+        if channels != self.num_features:
+            raise ValueError(f"BNTT expects {self.num_features} channels, got {channels}")
+        steps = slice(first_step, first_step + n)
+        dtype = torch.promote_types(x.dtype, self.weight.dtype)
+        # Steps become channels: [n, B, C, ...] -> [B, n*C, ...]. One batch_norm call then holds
+        # each step's statistics apart, and writes each step's running statistics in place
+        # through the flat views of the [T, C] buffers.
+        stacked = x.to(dtype).transpose(0, 1).reshape(batch, n * channels, *x.shape[3:])
+        y = F.batch_norm(
+            stacked,
+            self.running_mean[steps].view(-1),
+            self.running_var[steps].view(-1),
+            self.weight[steps].reshape(-1),
+            None,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
+        if self.training:
+            self.num_batches_tracked[steps] += 1
+        return y.reshape(batch, n, channels, *x.shape[3:]).transpose(0, 1)
+
+    # -- the authors' per-step state_dict layout ---------------------------------------------
+
+    def _per_step_tensors(self):
+        return {"weight": self.weight, "running_mean": self.running_mean,
+                "running_var": self.running_var, "num_batches_tracked": self.num_batches_tracked}
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        tensors = self._per_step_tensors()
+        for t in range(self.num_steps):
+            for name in _PER_STEP:
+                value = tensors[name][t]
+                destination[f"{prefix}{t}.{name}"] = value if keep_vars else value.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        tensors = self._per_step_tensors()
+        expected = set()
+        for t in range(self.num_steps):
+            for name in _PER_STEP:
+                key = f"{prefix}{t}.{name}"
+                expected.add(key)
+                if key not in state_dict:
+                    missing_keys.append(key)
+                    continue
+                value, target = state_dict[key], tensors[name][t]
+                if tuple(value.shape) != tuple(target.shape):
+                    error_msgs.append(
+                        f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} "
+                        f"from checkpoint, the shape in current model is {tuple(target.shape)}.")
+                    continue
+                with torch.no_grad():
+                    target.copy_(value)
+        if strict:
+            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k not in expected)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, num_steps={self.num_steps}, eps={self.eps}, "
+                f"momentum={self.momentum}")

@@ -1,0 +1,135 @@
+"""The paper's spiking VGG networks with BNTT: SNN_VGG9_BNTT and SNN_VGG11_BNTT.
+
+Same constructor, layer plan, initialisation and state_dict layout as the authors' model.py;
+the arithmetic lives in bntt/ (neuron, BNTT, Poisson coding) and the time loop in bntt/engines.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from bntt import engines
+from bntt.bntt import BNTT
+from bntt.coding import poisson_spikes
+from bntt.neuron import LIFNeuron
+
+POOL, GLOBAL_POOL = "P", "G"
+ARCHS = ("vgg9", "vgg11")
+
+
+class SpikingVGG(nn.Module):
+    """Conv blocks (conv 3x3 no bias -> BNTT -> LIF [-> average pool]), a hidden spiking FC with
+    BNTT, and a non-spiking readout that accumulates over time and divides by T.
+
+    `plan` lists conv widths, with POOL for a 2x2 average pool and GLOBAL_POOL for a global one;
+    pools act on spikes, after the neuron.
+    """
+
+    def __init__(self, plan, hidden: int, num_steps: int, leak_mem: float = 0.95,
+                 img_size: int = 32, num_cls: int = 10, in_channels: int = 3,
+                 engine: str = "reference"):
+        super().__init__()
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if engine not in engines.ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(engines.ENGINES)}")
+        halvings = plan.count(POOL)
+        if img_size % (2 ** halvings) or img_size < 2 ** halvings:
+            raise ValueError(f"img_size must be a multiple of {2 ** halvings} for this network, "
+                             f"got {img_size}")
+        self.num_steps = num_steps
+        self.leak_mem = leak_mem
+        self.img_size = img_size
+        self.num_cls = num_cls
+        self.in_channels = in_channels
+        self.engine = engine
+        self.neuron = LIFNeuron(leak=leak_mem, threshold=1.0)
+
+        # Modules are created in the authors' order (conv_i, bntt_i, pool_j, ..., fc1, bntt_fc,
+        # fc2) so that, from the same seed, the initial weights are theirs.
+        self._layer_names = []  # (synapse, bntt, pool or None) attribute names, bottom to top
+        channels, size, n_conv, n_pool = in_channels, img_size, 0, 0
+        for entry in plan:
+            if entry in (POOL, GLOBAL_POOL):
+                n_pool += 1
+                pool = nn.AvgPool2d(kernel_size=2) if entry == POOL else nn.AdaptiveAvgPool2d((1, 1))
+                setattr(self, f"pool{n_pool}", pool)
+                synapse, bn, _ = self._layer_names[-1]
+                self._layer_names[-1] = (synapse, bn, f"pool{n_pool}")
+                size = size // 2 if entry == POOL else 1
+                continue
+            n_conv += 1
+            setattr(self, f"conv{n_conv}",
+                    nn.Conv2d(channels, entry, kernel_size=3, stride=1, padding=1, bias=False))
+            setattr(self, f"bntt{n_conv}", BNTT(entry, num_steps))
+            self._layer_names.append((f"conv{n_conv}", f"bntt{n_conv}", None))
+            channels = entry
+        self.fc1 = nn.Linear(channels * size * size, hidden, bias=False)
+        self.bntt_fc = BNTT(hidden, num_steps)
+        self.fc2 = nn.Linear(hidden, num_cls, bias=False)
+        self._layer_names.append(("fc1", "bntt_fc", None))
+
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight, gain=2)
+
+    # -- structure used by the engines, the early-exit evaluator and the logger --------------
+
+    def spiking_layers(self):
+        for synapse, bn, pool in self._layer_names:
+            yield getattr(self, synapse), getattr(self, bn), getattr(self, pool) if pool else None
+
+    def bntt_layers(self):
+        """[(name, BNTT), ...] bottom to top, named as in the state_dict."""
+        return [(bn, getattr(self, bn)) for _, bn, _ in self._layer_names]
+
+    @property
+    def readout(self) -> nn.Linear:
+        return self.fc2
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None,
+               num_steps: int | None = None) -> torch.Tensor:
+        return poisson_spikes(images, num_steps or self.num_steps, generator=generator)
+
+    def readout_currents(self, spikes: torch.Tensor) -> torch.Tensor:
+        """Input spike train [t, B, C, H, W] (t <= num_steps) -> readout current per step [t, B, classes]."""
+        if not 1 <= spikes.shape[0] <= self.num_steps:
+            raise ValueError(f"model has {self.num_steps} time steps, got a spike train of "
+                             f"{spikes.shape[0]} steps")
+        return engines.run(self.engine, self, spikes)
+
+    def forward_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
+        return self.readout_currents(spikes).sum(0) / spikes.shape[0]
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalised images [B, C, H, W] -> logits [B, num_cls] (Poisson-coded over num_steps)."""
+        return self.forward_spikes(self.encode(images, generator))
+
+    def extra_repr(self) -> str:
+        return f"num_steps={self.num_steps}, leak_mem={self.leak_mem}, engine={self.engine!r}"
+
+
+VGG9_PLAN = [64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL]
+VGG11_PLAN = [64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, GLOBAL_POOL]
+
+
+class SNN_VGG9_BNTT(SpikingVGG):
+    def __init__(self, num_steps, leak_mem=0.95, img_size=32, num_cls=10, in_channels=3,
+                 engine="reference"):
+        super().__init__(VGG9_PLAN, 1024, num_steps, leak_mem, img_size, num_cls, in_channels, engine)
+
+
+class SNN_VGG11_BNTT(SpikingVGG):
+    def __init__(self, num_steps, leak_mem=0.95, img_size=32, num_cls=10, in_channels=3,
+                 engine="reference"):
+        super().__init__(VGG11_PLAN, 4096, num_steps, leak_mem, img_size, num_cls, in_channels, engine)
+
+
+def build_model(arch: str, **kwargs) -> SpikingVGG:
+    if arch == "vgg9":
+        return SNN_VGG9_BNTT(**kwargs)
+    if arch == "vgg11":
+        return SNN_VGG11_BNTT(**kwargs)
+    raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")

@@ -1,0 +1,38 @@
+"""Small builders shared by the tests."""
+import torch
+
+from model import build_model
+
+
+def randomize_bntt(model, generator=None):
+    """Give every BNTT layer non-trivial gammas and running statistics (as after training), so
+    that eval mode and the per-step indexing are really exercised."""
+    with torch.no_grad():
+        for _, bn in model.bntt_layers():
+            bn.weight.copy_(torch.rand(bn.weight.shape, generator=generator) + 0.5)
+            bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=generator) * 0.3)
+            bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=generator) + 0.5)
+    return model
+
+
+def small_model(arch, steps, dtype=torch.float64, img_size=16, engine="reference", leak=0.95,
+                seed=0, in_channels=3):
+    torch.manual_seed(seed)
+    model = build_model(arch, num_steps=steps, leak_mem=leak, img_size=img_size, num_cls=10,
+                        in_channels=in_channels, engine=engine)
+    g = torch.Generator().manual_seed(seed + 1)
+    return randomize_bntt(model, g).to(dtype)
+
+
+def grads_in_authors_layout(model):
+    """Parameter gradients keyed like the authors' state_dict (bntt{i}.{t}.weight per step)."""
+    grads = {}
+    bntt_names = {name for name, _ in model.bntt_layers()}
+    for name, p in model.named_parameters():
+        layer = name.rsplit(".", 1)[0]
+        if layer in bntt_names:
+            for t in range(p.shape[0]):
+                grads[f"{layer}.{t}.weight"] = p.grad[t]
+        else:
+            grads[name] = p.grad
+    return grads
