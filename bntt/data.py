@@ -1,0 +1,271 @@
+"""Datasets: CIFAR-10/100 (the paper's), Fashion-MNIST, and a bundled real Fashion-MNIST subset.
+
+Each dataset is read from its standard on-disk format into uint8 tensors [N, C, H, W] and
+served through torchvision transforms: the CIFAR recipe of the paper (random 32x32 crop of the
+4-pixel zero-padded image, horizontal flip, per-channel normalisation) for training, and
+normalisation only for testing. Fashion-MNIST is zero-padded from 28x28 to 32x32 with one
+channel, then follows the same recipe.
+
+A dataset that is missing raises `DataUnavailable` with one line saying where the files must be
+and how to get them; nothing is written in that case.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+BUNDLED_FASHION_MNIST = Path(__file__).resolve().parent / "assets" / "fashion-mnist-subset"
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian: dataset-fashion-mnist
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+OFFLINE_ENV = "BNTT_OFFLINE"  # set to 1 to never try a download
+
+
+class DataUnavailable(Exception):
+    """The dataset's files are missing and cannot be fetched; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_cls: int
+    in_channels: int
+    img_size: int
+    mean: tuple
+    std: tuple
+
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+# Pixel statistics of the Fashion-MNIST training set after zero-padding to 32x32.
+FASHION_MEAN, FASHION_STD = (0.2190,), (0.3318,)
+
+DATASETS = {
+    "cifar10": DatasetInfo("cifar10", 10, 3, 32, CIFAR_MEAN, CIFAR_STD),
+    "cifar100": DatasetInfo("cifar100", 100, 3, 32, CIFAR_MEAN, CIFAR_STD),
+    "fashionmnist": DatasetInfo("fashionmnist", 10, 1, 32, FASHION_MEAN, FASHION_STD),
+    "fashionmnist_subset": DatasetInfo("fashionmnist_subset", 10, 1, 32, FASHION_MEAN, FASHION_STD),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+# -- readers of the on-disk formats ---------------------------------------------------------
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format), gzip-compressed or not, as a uint8 array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataUnavailable(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataUnavailable(f"{path} is truncated: expected {int(np.prod(shape))} values, "
+                              f"found {body.size}")
+    return body.reshape(shape)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as a gzip-compressed IDX file (the format `read_idx` reads)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.GzipFile(path, "wb", mtime=0) as f:  # mtime=0: byte-identical reruns
+        f.write(header + array.tobytes())
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def fashion_mnist_folder(data_dir: Path) -> Path | None:
+    """First folder holding the four Fashion-MNIST files: data_dir itself, its torchvision
+    layout (FashionMNIST/raw), a fashion-mnist subfolder, then the Debian package's folder."""
+    candidates = [data_dir, data_dir / "FashionMNIST" / "raw", data_dir / "fashion-mnist",
+                  SYSTEM_FASHION_MNIST]
+    stems = [s for pair in FASHION_MNIST_FILES.values() for s in pair]
+    for folder in candidates:
+        if all(_find_idx(folder, s) for s in stems):
+            return folder
+    return None
+
+
+def load_fashion_mnist(folder: Path):
+    splits = []
+    for split in ("train", "test"):
+        images_stem, labels_stem = FASHION_MNIST_FILES[split]
+        images = read_idx(_find_idx(folder, images_stem))
+        labels = read_idx(_find_idx(folder, labels_stem))
+        if images.ndim != 3 or labels.shape != (images.shape[0],):
+            raise DataUnavailable(f"Fashion-MNIST {split} files in {folder} do not match: "
+                                  f"images {images.shape}, labels {labels.shape}")
+        images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[:, None]  # 28x28 -> 1x32x32
+        splits += [torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))]
+    return tuple(splits)
+
+
+CIFAR = {
+    # name: (folder inside data_dir, train files, test files, label key, torchvision class)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                "labels", "CIFAR10"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", "CIFAR100"),
+}
+
+
+def _read_cifar_files(folder: Path, files, label_key):
+    images, labels = [], []
+    for name in files:
+        with open(folder / name, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(entry[label_key])
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+def load_cifar(name: str, data_dir: Path):
+    folder_name, train_files, test_files, label_key, _ = CIFAR[name]
+    folder = data_dir / folder_name
+    return (*_read_cifar_files(folder, train_files, label_key),
+            *_read_cifar_files(folder, test_files, label_key))
+
+
+def cifar_present(name: str, data_dir: Path) -> bool:
+    folder_name, train_files, test_files, _, _ = CIFAR[name]
+    return all((data_dir / folder_name / f).is_file() for f in train_files + test_files)
+
+
+# -- downloading (only through torchvision's own URLs and checksums) ------------------------
+
+def _offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "") not in ("", "0")
+
+
+def _download(fetch, data_dir: Path, what: str, instructions: str) -> None:
+    """Run fetch(tmp_folder) and move what it produced into data_dir; on any failure remove it
+    all and raise DataUnavailable, so nothing half-written is left behind."""
+    if _offline():
+        raise DataUnavailable(f"{what}; {OFFLINE_ENV} is set, so no download was tried. {instructions}")
+    tmp = Path(tempfile.mkdtemp(prefix="bntt-download-"))
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)
+    try:
+        fetch(tmp)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        for item in tmp.iterdir():
+            target = data_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            shutil.move(str(item), str(target))
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        raise DataUnavailable(f"{what} and the download failed ({exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else exc!r}). {instructions}") from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fetch_cifar(name: str):
+    import torchvision.datasets as tvd
+    from torchvision.datasets.utils import download_and_extract_archive
+    cls = getattr(tvd, CIFAR[name][4])
+    return lambda tmp: download_and_extract_archive(cls.url, str(tmp), filename=cls.filename,
+                                                    md5=cls.tgz_md5, remove_finished=True)
+
+
+def _fetch_fashion_mnist(tmp: Path) -> None:
+    import torchvision.datasets as tvd
+    from torchvision.datasets.utils import download_url
+    folder = tmp / "fashion-mnist"
+    for filename, md5 in tvd.FashionMNIST.resources:
+        download_url(tvd.FashionMNIST.mirrors[0] + filename, str(folder), filename=filename, md5=md5)
+
+
+def load_arrays(name: str, data_dir, download: bool = False):
+    """(train_images, train_labels, test_images, test_labels): uint8 [N, C, H, W] and int64 [N]."""
+    dataset_info(name)
+    data_dir = Path(data_dir)
+    if name == "fashionmnist_subset":
+        return load_fashion_mnist(BUNDLED_FASHION_MNIST)
+    if name == "fashionmnist":
+        folder = fashion_mnist_folder(data_dir)
+        if folder is None or download:
+            _download(_fetch_fashion_mnist, data_dir,
+                      f"Fashion-MNIST not found in {data_dir} or {SYSTEM_FASHION_MNIST}",
+                      "Install it with 'apt-get install dataset-fashion-mnist', or put "
+                      "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                      f"t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in {data_dir}.")
+            folder = fashion_mnist_folder(data_dir)
+        return load_fashion_mnist(folder)
+    folder_name = CIFAR[name][0]
+    if not cifar_present(name, data_dir) or download:
+        import torchvision.datasets as tvd
+        cls = getattr(tvd, CIFAR[name][4])
+        _download(_fetch_cifar(name), data_dir,
+                  f"{name.upper()} not found in {data_dir / folder_name}",
+                  f"Extract {cls.url} (the python version) into {data_dir}, so that "
+                  f"{data_dir / folder_name} holds its files, or run with --download on a "
+                  "machine with internet.")
+    return load_cifar(name, data_dir)
+
+
+# -- datasets and loaders -------------------------------------------------------------------
+
+class ImageDataset(Dataset):
+    """uint8 images [N, C, H, W] and int64 labels [N], with a per-sample transform."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def transforms_for(info: DatasetInfo, train: bool):
+    to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)]
+    if not train:
+        return v2.Compose(to_float)
+    return v2.Compose([v2.RandomCrop(info.img_size, padding=4), v2.RandomHorizontalFlip(), *to_float])
+
+
+def make_datasets(name: str, data_dir, download: bool = False):
+    info = dataset_info(name)
+    train_x, train_y, test_x, test_y = load_arrays(name, data_dir, download)
+    return (ImageDataset(train_x, train_y, transforms_for(info, True)),
+            ImageDataset(test_x, test_y, transforms_for(info, False)))
+
+
+def make_loaders(train_set, test_set, batch_size: int, test_batch_size: int, num_workers: int = 0,
+                 drop_last_test: bool = False, pin_memory: bool = False):
+    """Training batches are shuffled and the last partial one dropped (every BNTT step sees a
+    full batch, as in the authors' code). The test set is scored whole unless drop_last_test
+    reproduces the authors' truncation. Shuffling and augmentation draw from the global RNG
+    (workers are seeded from it each epoch), so restoring that RNG reproduces an epoch exactly."""
+    common = {"num_workers": num_workers, "pin_memory": pin_memory}
+    train = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True, **common)
+    test = DataLoader(test_set, batch_size=test_batch_size, shuffle=False,
+                      drop_last=drop_last_test, **common)
+    return train, test

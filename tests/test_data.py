@@ -1,0 +1,105 @@
+"""Dataset readers on fixtures in the exact on-disk formats, the bundled subset, transforms,
+and the one-line error for a dataset that is missing offline."""
+import numpy as np
+import pytest
+import torch
+
+from bntt import data
+from bntt.data import DataUnavailable, load_arrays, make_datasets
+from fixtures import cifar_images, write_cifar10, write_cifar100, write_fashion_mnist
+
+
+def test_cifar10_reader(tmp_path):
+    write_cifar10(tmp_path, per_batch=4, test=3)
+    train_x, train_y, test_x, test_y = load_arrays("cifar10", tmp_path)
+    assert train_x.shape == (20, 3, 32, 32) and train_x.dtype == torch.uint8
+    assert test_x.shape == (3, 3, 32, 32)
+    # batches in order 1..5, channel-major pixels
+    assert torch.equal(train_x[4:8], torch.from_numpy(cifar_images(4, offset=200)))
+    assert train_x[5, 2, 0, 0].item() == (200 + 1 + 20) % 256
+    assert train_y.tolist()[:8] == [1, 2, 3, 4, 2, 3, 4, 5]
+    assert test_y.tolist() == [9, 8, 7]
+
+
+def test_cifar100_reader_uses_fine_labels(tmp_path):
+    write_cifar100(tmp_path, train=6, test=2)
+    train_x, train_y, test_x, test_y = load_arrays("cifar100", tmp_path)
+    assert train_x.shape == (6, 3, 32, 32) and test_x.shape == (2, 3, 32, 32)
+    assert train_y.tolist() == [0, 17, 34, 51, 68, 85]
+    assert torch.equal(test_x, torch.from_numpy(cifar_images(2, offset=50)))
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_fashion_mnist_is_padded_to_32_with_one_channel(tmp_path, compress):
+    folder = write_fashion_mnist(tmp_path / "fm", train=12, test=5, compress=compress)
+    train_x, train_y, test_x, test_y = load_arrays("fashionmnist", folder)
+    assert train_x.shape == (12, 1, 32, 32) and test_x.shape == (5, 1, 32, 32)
+    assert train_x[:, :, :2].sum() == 0 and train_x[:, :, :, -2:].sum() == 0  # zero border
+    assert bool((train_x[:, :, 2:30, 2:30] > 0).all())  # fixture pixels are 1..255
+    assert train_y.tolist() == [i % 10 for i in range(12)]
+
+
+def test_fashion_mnist_torchvision_layout_is_found(tmp_path):
+    write_fashion_mnist(tmp_path / "FashionMNIST" / "raw", train=3, test=2)
+    assert load_arrays("fashionmnist", tmp_path)[0].shape == (3, 1, 32, 32)
+
+
+def test_bundled_subset_is_real_balanced_and_small():
+    files = list(data.BUNDLED_FASHION_MNIST.iterdir())
+    assert sum(f.stat().st_size for f in files) < 2 * 1024 * 1024
+    train_x, train_y, test_x, test_y = load_arrays("fashionmnist_subset", "unused")
+    assert train_x.shape == (2000, 1, 32, 32) and test_x.shape == (500, 1, 32, 32)
+    assert train_y.bincount().tolist() == [200] * 10 and test_y.bincount().tolist() == [50] * 10
+    # real clothing pictures: mean intensity and background like Fashion-MNIST's
+    inner = train_x[:, :, 2:30, 2:30].float() / 255
+    assert 0.25 < inner.mean() < 0.33
+    assert (train_x == 0).float().mean() > 0.4
+
+
+def test_transforms_normalise_and_augment(tmp_path):
+    write_cifar10(tmp_path)
+    train_set, test_set = make_datasets("cifar10", tmp_path)
+    image, label = test_set[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 9
+    mean, std = torch.tensor(data.CIFAR_MEAN), torch.tensor(data.CIFAR_STD)
+    raw = test_set.images[0].float() / 255
+    torch.testing.assert_close(image, (raw - mean.view(3, 1, 1)) / std.view(3, 1, 1))
+    # a training sample is a shifted/flipped crop of the zero-padded image
+    torch.manual_seed(3)
+    crops = torch.stack([train_set[0][0] for _ in range(20)])
+    padded_value = (0 - mean) / std
+    allowed = torch.cat([((raw - mean.view(3, 1, 1)) / std.view(3, 1, 1)).flatten(1),
+                         padded_value.view(3, 1)], dim=1)
+    for c in range(3):
+        diffs = (crops[:, c].reshape(-1, 1) - allowed[c].view(1, -1)).abs().min(dim=1).values
+        assert diffs.max() < 1e-5
+    assert not all(torch.equal(crops[0], crops[i]) for i in range(1, 20))
+
+
+def test_missing_dataset_offline_says_where_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    target = tmp_path / "absent"
+    with pytest.raises(DataUnavailable) as err:
+        load_arrays("cifar10", target)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(target / "cifar-10-batches-py") in message
+    assert "cifar-10-python.tar.gz" in message and "--download" in message
+    assert not target.exists()
+    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", tmp_path / "no-system-copy")
+    with pytest.raises(DataUnavailable, match="apt-get install dataset-fashion-mnist"):
+        load_arrays("fashionmnist", target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_idx_file_is_reported(tmp_path):
+    folder = write_fashion_mnist(tmp_path / "fm", compress=False)
+    path = folder / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DataUnavailable, match="truncated"):
+        load_arrays("fashionmnist", folder)
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        load_arrays("mnist", ".")
