@@ -1,0 +1,115 @@
+"""Checkpoints: atomic writes, safe loading, RNG state, and clear errors for mismatched models.
+
+A checkpoint is a dict readable with `torch.load(path, weights_only=True)`. It keeps the keys of
+the authors' train.py (`state_dict`, `global_step` = completed epochs, `accuracy` = best test
+top-1) so each side can load the other's weights, and adds what a resumable run needs:
+`optimizer`, `epoch`, `best_epoch`, `rng` and `config`.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, unreadable, or does not fit the model; the message says which."""
+
+
+def save_atomic(obj, path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a reader (or a resumed
+    run after a kill) sees either the old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors all mean "not ours"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first_line})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return ckpt
+
+
+def model_state(ckpt: dict) -> dict:
+    """The model's state_dict from one of our checkpoints, the authors', or a bare state_dict."""
+    state = ckpt.get("state_dict", ckpt)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError("checkpoint holds no model state_dict")
+    return state
+
+
+def describe_state(state: dict) -> dict:
+    """What network a state_dict is for: arch, num_steps, num_cls, in_channels."""
+    steps = {int(m.group(1)) for k in state if (m := re.fullmatch(r"bntt1\.(\d+)\.weight", k))}
+    if "conv1.weight" not in state or "fc2.weight" not in state or not steps:
+        raise CheckpointError("state_dict is not a spiking VGG with BNTT (no conv1/bntt1/fc2)")
+    return {
+        "arch": "vgg11" if "conv8.weight" in state else "vgg9",
+        "num_steps": max(steps) + 1,
+        "num_cls": state["fc2.weight"].shape[0],
+        "in_channels": state["conv1.weight"].shape[1],
+    }
+
+
+def load_model_state(model, state: dict, arch: str, source="checkpoint") -> None:
+    """Strictly load `state` into `model`, first comparing the networks they describe so that a
+    mismatch reads as one sentence instead of hundreds of missing keys."""
+    have = describe_state(state)
+    want = {"arch": arch, "num_steps": model.num_steps, "num_cls": model.num_cls,
+            "in_channels": model.in_channels}
+    diffs = [f"{k}={have[k]} (this model: {want[k]})" for k in want if have[k] != want[k]]
+    if diffs:
+        raise CheckpointError(f"{source} is for a different network: {', '.join(diffs)}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source} does not fit the model: "
+                              f"{' '.join(str(exc).split())[:300]}") from None
+
+
+# -- random number generator state ----------------------------------------------------------
+
+def rng_state() -> dict:
+    keys, pos, has_gauss, cached = np.random.get_state()[1:]
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))

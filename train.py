@@ -1,0 +1,384 @@
+"""Train a BNTT spiking VGG (Kim & Panda 2021) from the command line.
+
+    python train.py --config configs/quickstart.toml
+    python train.py --num_steps 25 --lr 0.3 --arch vgg9 --dataset cifar10 --batch_size 256 \
+        --leak_mem 0.95 --num_workers 4 --num_epochs 100
+    python train.py --resume runs/<run folder>
+
+Flags keep the authors' names and defaults; --config reads the same keys from a TOML file and
+flags given on the command line override it. A run folder holds last.pt and best.pt
+(checkpoints), metrics.jsonl (one line per epoch), config.json and TensorBoard events.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+import tomllib
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from bntt.checkpoint import (CheckpointError, load_checkpoint, load_model_state, model_state,
+                             rng_state, save_atomic, set_rng_state)
+from bntt.data import DATASETS, DataUnavailable, dataset_info, make_datasets, make_loaders
+from bntt.engines import ENGINES
+from model import ARCHS, build_model
+from utill import AverageMeter, correct_topk, lr_at_epoch
+
+MOMENTUM, WEIGHT_DECAY = 0.9, 1e-4  # SGD of the paper's recipe (SPEC)
+
+# name: (type, default, help). Defaults up to test_display_freq are the authors'.
+OPTIONS = {
+    "seed": (int, 0, "random seed"),
+    "num_steps": (int, 25, "number of time steps T"),
+    "batch_size": (int, 128, "training batch size (the test batch is twice this)"),
+    "lr": (float, 0.1, "initial learning rate (divided by 10 after 50%%, 70%%, 90%% of the epochs)"),
+    "leak_mem": (float, 0.99, "membrane leak lambda"),
+    "arch": (str, "vgg11", f"network: {', '.join(ARCHS)}"),
+    "dataset": (str, "cifar100", f"dataset: {', '.join(DATASETS)}"),
+    "num_epochs": (int, 120, "number of epochs"),
+    "num_workers": (int, 4, "data loader worker processes"),
+    "train_display_freq": (int, 10, "print the training loss every N epochs"),
+    "test_display_freq": (int, 10, "evaluate on the test set every N epochs (and after the last)"),
+    "data_dir": (str, "./data", "where datasets are read from (and downloaded to)"),
+    "download": (bool, False, "download the dataset even if it is present"),
+    "device": (str, "auto", "auto (CUDA if available), cpu, cuda, cuda:N"),
+    "out_dir": (str, "runs", "parent folder of run folders"),
+    "run_name": (str, "", "run folder name (default: built from the hyperparameters)"),
+    "resume": (str, "", "continue the run in this run folder (or from this checkpoint file)"),
+    "amp": (bool, False, "bf16 autocast on CUDA"),
+    "engine": (str, "reference", f"time-stepping engine: {', '.join(ENGINES)}"),
+    "drop_last_test": (bool, False, "score only full test batches, as the authors did (9,728 of "
+                                    "10,000 CIFAR images with batch 256)"),
+    "eval_seed": (int, 0, "seed of the Poisson draws of every evaluation"),
+    "train_samples": (int, 0, "use only the first N training images (0: all)"),
+    "test_samples": (int, 0, "use only the first N test images (0: all)"),
+}
+# Flags that may differ between a run and its resumption. The others would change the run.
+# (A resumed run is bit-identical to an uninterrupted one only on the same device and with
+# the same num_workers: worker processes draw the augmentation from their own seeds.)
+RESUME_OVERRIDABLE = {"num_workers", "device", "data_dir", "download", "train_display_freq",
+                      "test_display_freq", "resume"}
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", metavar="FILE.toml",
+                        help="read options from a TOML file; command-line flags override it")
+    for name, (kind, default, text) in OPTIONS.items():
+        shown = f" (default: {default})" if default not in ("", False) else ""
+        if kind is bool:
+            parser.add_argument(f"--{name}", action="store_true", help=text + shown)
+        else:
+            parser.add_argument(f"--{name}", type=kind, help=text + shown)
+    return parser
+
+
+def read_config_file(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    for key, value in values.items():
+        if key not in OPTIONS:
+            raise UsageError(f"unknown key {key!r} in {path}")
+        kind = OPTIONS[key][0]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UsageError(f"{key} in {path} must be {kind.__name__}, got {value!r}")
+        values[key] = value
+    return values
+
+
+def validate(cfg: dict) -> None:
+    checks = [
+        (cfg["arch"] in ARCHS, f"unknown arch {cfg['arch']!r}; choose from {', '.join(ARCHS)}"),
+        (cfg["dataset"] in DATASETS,
+         f"unknown dataset {cfg['dataset']!r}; choose from {', '.join(DATASETS)}"),
+        (cfg["engine"] in ENGINES, f"unknown engine {cfg['engine']!r}; choose from {', '.join(ENGINES)}"),
+        (cfg["num_steps"] >= 1, f"num_steps must be >= 1, got {cfg['num_steps']}"),
+        (cfg["batch_size"] >= 1, f"batch_size must be >= 1, got {cfg['batch_size']}"),
+        (cfg["num_epochs"] >= 1, f"num_epochs must be >= 1, got {cfg['num_epochs']}"),
+        (cfg["lr"] > 0 and math.isfinite(cfg["lr"]), f"lr must be positive, got {cfg['lr']}"),
+        (0 < cfg["leak_mem"] <= 1, f"leak_mem must be in (0, 1], got {cfg['leak_mem']}"),
+        (cfg["num_workers"] >= 0, f"num_workers must be >= 0, got {cfg['num_workers']}"),
+        (cfg["train_display_freq"] >= 1 and cfg["test_display_freq"] >= 1,
+         "train_display_freq and test_display_freq must be >= 1"),
+        (cfg["train_samples"] >= 0 and cfg["test_samples"] >= 0,
+         "train_samples and test_samples must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+def resolve_config(argv) -> tuple[dict, dict | None]:
+    """Defaults < config file < command line; with --resume, the checkpoint's config instead of
+    the first two. Returns (config, checkpoint or None)."""
+    explicit = vars(build_parser().parse_args(argv))
+    cfg = {name: default for name, (_, default, _) in OPTIONS.items()}
+    if "config" in explicit:
+        cfg.update(read_config_file(explicit.pop("config")))
+    cfg.update(explicit)
+    ckpt = None
+    if cfg["resume"]:
+        ckpt = load_checkpoint(cfg["resume"])
+        if "config" not in ckpt or "optimizer" not in ckpt:
+            raise UsageError(f"{cfg['resume']} has no training state to resume (was it written by "
+                             "this train.py?)")
+        saved = dict(ckpt["config"])
+        for key, value in explicit.items():
+            if key in RESUME_OVERRIDABLE:
+                saved[key] = value
+            elif saved.get(key) != value:
+                raise UsageError(f"cannot change {key} when resuming: the checkpoint was trained "
+                                 f"with {key}={saved.get(key)!r}, not {value!r}")
+        cfg = {name: saved.get(name, default) for name, (_, default, _) in OPTIONS.items()}
+    validate(cfg)
+    return cfg, ckpt
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name} requested but CUDA is not available")
+    return device
+
+
+def run_folder(cfg: dict, ckpt_path: str) -> Path:
+    if ckpt_path:
+        path = Path(ckpt_path)
+        return path if path.is_dir() else path.parent
+    name = cfg["run_name"] or (f"{cfg['dataset']}_{cfg['arch']}_T{cfg['num_steps']}_lr{cfg['lr']}"
+                               f"_ep{cfg['num_epochs']}_leak{cfg['leak_mem']}_seed{cfg['seed']}")
+    return Path(cfg["out_dir"]) / name
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # every device
+
+
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_epoch(model, loader, optimizer, criterion, device, amp, desc) -> dict:
+    model.train()
+    loss_m, top1_m, top5_m = AverageMeter(), AverageMeter(), AverageMeter()
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    for images, labels in bar:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, amp):
+            output = model(images)
+        loss = criterion(output.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"training loss became {loss_value}; try a lower --lr")
+        c1, c5 = correct_topk(output, labels, topk=(1, 5))
+        n = labels.size(0)
+        loss_m.update(loss_value, n)
+        top1_m.update(100.0 * c1 / n, n)
+        top5_m.update(100.0 * c5 / n, n)
+        bar.set_postfix(loss=f"{loss_m.avg:.4f}", top1=f"{top1_m.avg:.2f}")
+    return {"train_loss": loss_m.avg, "train_top1": top1_m.avg, "train_top5": top5_m.avg}
+
+
+@torch.no_grad()
+def evaluate(model, loader, criterion, device, amp, eval_seed, desc) -> dict:
+    """Top-1/top-5 over every test image, with Poisson draws fixed by eval_seed."""
+    model.eval()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(eval_seed)
+    loss_sum, correct1, correct5, total = 0.0, 0, 0, 0
+    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, amp):
+            output = model(images, generator=generator)
+        n = labels.size(0)
+        loss_sum += criterion(output.float(), labels).item() * n
+        c1, c5 = correct_topk(output, labels, topk=(1, 5))
+        correct1, correct5, total = correct1 + c1, correct5 + c5, total + n
+    return {"test_loss": loss_sum / total, "test_top1": 100.0 * correct1 / total,
+            "test_top5": 100.0 * correct5 / total, "test_images": total}
+
+
+def log_gammas(writer, model, epoch: int) -> None:
+    for name, bn in model.bntt_layers():
+        gammas = bn.weight.detach().float().cpu()
+        for t in range(bn.num_steps):
+            writer.add_histogram(f"gamma/{name}/t{t:02d}", gammas[t], epoch)
+
+
+def read_metrics(path: Path, up_to_epoch: int) -> list[str]:
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return [line for line in lines if json.loads(line)["epoch"] <= up_to_epoch]
+
+
+def main(argv=None) -> int:
+    cfg, ckpt = resolve_config(argv)
+    device = pick_device(cfg["device"])
+    run_dir = run_folder(cfg, cfg["resume"])
+    if not cfg["resume"] and (run_dir / "last.pt").exists():
+        raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                         "or pick another --run_name")
+
+    seed_everything(cfg["seed"])
+    info = dataset_info(cfg["dataset"])
+    # Data first: a missing dataset stops the run before anything is written.
+    train_set, test_set = make_datasets(cfg["dataset"], cfg["data_dir"], cfg["download"])
+    if cfg["train_samples"]:
+        train_set = torch.utils.data.Subset(train_set, range(min(cfg["train_samples"], len(train_set))))
+    if cfg["test_samples"]:
+        test_set = torch.utils.data.Subset(test_set, range(min(cfg["test_samples"], len(test_set))))
+    if len(train_set) < cfg["batch_size"]:
+        raise UsageError(f"batch_size {cfg['batch_size']} is larger than the {len(train_set)} "
+                         "training images (training drops the last partial batch)")
+    train_loader, test_loader = make_loaders(
+        train_set, test_set, cfg["batch_size"], 2 * cfg["batch_size"], cfg["num_workers"],
+        cfg["drop_last_test"], pin_memory=device.type == "cuda")
+
+    model = build_model(cfg["arch"], num_steps=cfg["num_steps"], leak_mem=cfg["leak_mem"],
+                        img_size=info.img_size, num_cls=info.num_cls,
+                        in_channels=info.in_channels, engine=cfg["engine"]).to(device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=MOMENTUM,
+                                weight_decay=WEIGHT_DECAY)
+    start_epoch, best_acc, best_epoch = 0, 0.0, 0
+    if ckpt is not None:
+        load_model_state(model, model_state(ckpt), cfg["arch"], source=cfg["resume"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, best_acc, best_epoch = ckpt["epoch"], ckpt["accuracy"], ckpt["best_epoch"]
+        set_rng_state(ckpt["rng"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    metrics_path = run_dir / "metrics.jsonl"
+    kept = read_metrics(metrics_path, start_epoch)  # drop epochs the checkpoint does not hold
+    metrics_path.write_text("".join(line + "\n" for line in kept))
+    writer = SummaryWriter(str(run_dir), purge_step=start_epoch + 1 if start_epoch else None)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    tqdm.write(f"{cfg['arch']} on {cfg['dataset']} ({len(train_set)} train / {len(test_set)} test "
+               f"images), T={cfg['num_steps']}, {n_params:,} parameters, {device}, "
+               f"engine {cfg['engine']}{', bf16 autocast' if cfg['amp'] and device.type == 'cuda' else ''}"
+               f"{f', resuming after epoch {start_epoch}' if start_epoch else ''}")
+    last_eval = None
+    epochs = tqdm(range(start_epoch, cfg["num_epochs"]), desc="epochs", initial=start_epoch,
+                  total=cfg["num_epochs"], dynamic_ncols=True)
+    for epoch in epochs:
+        lr = lr_at_epoch(cfg["lr"], epoch, cfg["num_epochs"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        started = time.perf_counter()
+        row = {"epoch": epoch + 1, "lr": lr}
+        row.update(train_epoch(model, train_loader, optimizer, criterion, device, cfg["amp"],
+                               f"epoch {epoch + 1} train"))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        row["epoch_seconds"] = time.perf_counter() - started
+        last_epoch = epoch + 1 == cfg["num_epochs"]
+        if (epoch + 1) % cfg["test_display_freq"] == 0 or last_epoch:
+            last_eval = evaluate(model, test_loader, criterion, device, cfg["amp"],
+                                 cfg["eval_seed"], f"epoch {epoch + 1} test")
+            row.update(last_eval)
+            improved = last_eval["test_top1"] > best_acc
+            if improved:
+                best_acc, best_epoch = last_eval["test_top1"], epoch + 1
+        else:
+            improved = False
+        row["best_top1"] = best_acc
+
+        for key in ("train_loss", "train_top1", "train_top5", "test_loss", "test_top1", "test_top5"):
+            if key in row:
+                split, metric = key.split("_")
+                writer.add_scalar(f"{split}/{metric}", row[key], epoch + 1)
+        writer.add_scalar("lr", lr, epoch + 1)
+        writer.add_scalar("time/epoch_seconds", row["epoch_seconds"], epoch + 1)
+        log_gammas(writer, model, epoch + 1)
+        writer.flush()
+        with open(metrics_path, "a") as f:  # before the checkpoint: see read_metrics on resume
+            f.write(json.dumps(row) + "\n")
+
+        ckpt_out = {"state_dict": model.state_dict(), "global_step": epoch + 1,
+                    "accuracy": best_acc, "best_epoch": best_epoch, "epoch": epoch + 1,
+                    "optimizer": optimizer.state_dict(), "rng": rng_state(), "config": cfg}
+        if improved:
+            save_atomic(ckpt_out, run_dir / "best.pt")
+        save_atomic(ckpt_out, run_dir / "last.pt")
+
+        summary = f"epoch {epoch + 1}/{cfg['num_epochs']} lr {lr:g} train loss {row['train_loss']:.4f}"
+        if "test_top1" in row:
+            summary += f" test top-1 {row['test_top1']:.2f}% (best {best_acc:.2f}%)"
+        if (epoch + 1) % cfg["train_display_freq"] == 0 or "test_top1" in row or last_epoch:
+            tqdm.write(summary + f" [{row['epoch_seconds']:.1f}s]")
+    epochs.close()
+    writer.close()
+    if last_eval is not None:
+        print(f"test accuracy: top-1 {last_eval['test_top1']:.2f}%, top-5 {last_eval['test_top5']:.2f}% "
+              f"on {last_eval['test_images']} images (best top-1 {best_acc:.2f}% at epoch {best_epoch}); "
+              f"run folder {run_dir}")
+    else:
+        print(f"nothing to do: {run_dir} already finished {start_epoch} epochs "
+              f"(best top-1 {best_acc:.2f}% at epoch {best_epoch})")
+    return 0
+
+
+def cli(argv=None) -> int:
+    try:
+        return main(argv)
+    except (UsageError, CheckpointError) as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    except DataUnavailable as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue with --resume <run folder> (it restarts the unfinished epoch)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
