@@ -46,7 +46,17 @@ def test_short_training_lowers_the_loss_and_writes_checkpoints(tmp_path):
     assert "bntt1.2.weight" not in ckpt["state_dict"]
     assert ckpt["config"]["num_steps"] == 2 and ckpt["accuracy"] == rows[-1]["best_top1"]
     assert (run_dir / "best.pt").is_file()
-    assert list(run_dir.glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir)).Reload()
+    scalars, histograms = events.Tags()["scalars"], events.Tags()["histograms"]
+    for tag in ("train/loss", "train/top1", "train/top5", "test/loss", "test/top1", "test/top5",
+                "lr", "time/epoch_seconds"):
+        assert tag in scalars, tag
+    assert [e.value for e in events.Scalars("test/top1")] == pytest.approx([r["test_top1"] for r in rows])
+    expected = {f"gamma/{layer}/t{t:02d}" for layer in [f"bntt{i}" for i in range(1, 8)] + ["bntt_fc"]
+                for t in range(2)}
+    assert set(histograms) == expected
+    assert events.Histograms("gamma/bntt_fc/t01")[0].histogram_value.num == 1024
     assert not list(run_dir.glob(".*.tmp"))
 
 
