@@ -11,7 +11,7 @@ import torch.nn as nn
 from bntt import engines
 from bntt.bntt import BNTT
 from bntt.coding import poisson_spikes
-from bntt.neuron import LIFNeuron
+from bntt.neuron import LIFNeuron, membrane_dtype
 
 POOL, GLOBAL_POOL = "P", "G"
 ARCHS = ("vgg9", "vgg11")
@@ -27,7 +27,7 @@ class SpikingVGG(nn.Module):
 
     def __init__(self, plan, hidden: int, num_steps: int, leak_mem: float = 0.95,
                  img_size: int = 32, num_cls: int = 10, in_channels: int = 3,
-                 engine: str = "reference"):
+                 engine: str = "auto"):
         super().__init__()
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -101,7 +101,9 @@ class SpikingVGG(nn.Module):
         return engines.run(self.engine, self, spikes)
 
     def forward_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
-        return self.readout_currents(spikes).sum(0) / spikes.shape[0]
+        currents = self.readout_currents(spikes)
+        # Accumulate in at least float32: under bf16 autocast the readout currents are bf16.
+        return currents.to(membrane_dtype(currents.dtype)).sum(0) / spikes.shape[0]
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalised images [B, C, H, W] -> logits [B, num_cls] (Poisson-coded over num_steps)."""
@@ -117,13 +119,13 @@ VGG11_PLAN = [64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, GLO
 
 class SNN_VGG9_BNTT(SpikingVGG):
     def __init__(self, num_steps, leak_mem=0.95, img_size=32, num_cls=10, in_channels=3,
-                 engine="reference"):
+                 engine="auto"):
         super().__init__(VGG9_PLAN, 1024, num_steps, leak_mem, img_size, num_cls, in_channels, engine)
 
 
 class SNN_VGG11_BNTT(SpikingVGG):
     def __init__(self, num_steps, leak_mem=0.95, img_size=32, num_cls=10, in_channels=3,
-                 engine="reference"):
+                 engine="auto"):
         super().__init__(VGG11_PLAN, 4096, num_steps, leak_mem, img_size, num_cls, in_channels, engine)
 
 

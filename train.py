@@ -31,6 +31,7 @@ from bntt.checkpoint import (CheckpointError, load_checkpoint, load_model_state,
                              rng_state, save_atomic, set_rng_state)
 from bntt.data import DATASETS, DataUnavailable, dataset_info, make_datasets, make_loaders
 from bntt.engines import ENGINES
+from bntt.engines import resolve as resolve_engine
 from model import ARCHS, build_model
 from utill import AverageMeter, correct_topk, lr_at_epoch
 
@@ -56,7 +57,8 @@ OPTIONS = {
     "run_name": (str, "", "run folder name (default: built from the hyperparameters)"),
     "resume": (str, "", "continue the run in this run folder (or from this checkpoint file)"),
     "amp": (bool, False, "bf16 autocast on CUDA"),
-    "engine": (str, "reference", f"time-stepping engine: {', '.join(ENGINES)}"),
+    "engine": (str, "auto", "time-stepping engine: auto (fused on CUDA, else multistep), "
+                            "reference (per-step loop), multistep, fused"),
     "drop_last_test": (bool, False, "score only full test batches, as the authors did (9,728 of "
                                     "10,000 CIFAR images with batch 256)"),
     "eval_seed": (int, 0, "seed of the Poisson draws of every evaluation"),
@@ -275,6 +277,8 @@ def main(argv=None) -> int:
     model = build_model(cfg["arch"], num_steps=cfg["num_steps"], leak_mem=cfg["leak_mem"],
                         img_size=info.img_size, num_cls=info.num_cls,
                         in_channels=info.in_channels, engine=cfg["engine"]).to(device)
+    if device.type == "cuda" and cfg["engine"] in ("auto", "fused"):
+        model = model.to(memory_format=torch.channels_last)  # what the fused engine feeds cuDNN
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=MOMENTUM,
                                 weight_decay=WEIGHT_DECAY)
@@ -299,7 +303,8 @@ def main(argv=None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     tqdm.write(f"{cfg['arch']} on {cfg['dataset']} ({len(train_set)} train / {len(test_set)} test "
                f"images), T={cfg['num_steps']}, {n_params:,} parameters, {device}, "
-               f"engine {cfg['engine']}{', bf16 autocast' if cfg['amp'] and device.type == 'cuda' else ''}"
+               f"engine {resolve_engine(cfg['engine'], torch.empty(0, device=device))}"
+               f"{', bf16 autocast' if cfg['amp'] and device.type == 'cuda' else ''}"
                f"{f', resuming after epoch {start_epoch}' if start_epoch else ''}")
     last_eval = None
     epochs = tqdm(range(start_epoch, cfg["num_epochs"]), desc="epochs", initial=start_epoch,

@@ -1,21 +1,28 @@
-"""Two ways to run the same spiking network over T time steps.
+"""Ways to run the same spiking network over T time steps.
 
-Both take a model exposing `spiking_layers()` -> [(synapse, bntt, pool or None), ...],
+Each takes a model exposing `spiking_layers()` -> [(synapse, bntt, pool or None), ...],
 `neuron` (the LIFNeuron) and `readout` (the non-spiking last Linear), and an input spike train
-[T, B, ...]. Both return the readout's input current at every step, [T, B, classes]; the logits
+[T, B, ...], and returns the readout's input current at every step, [T, B, classes]; the logits
 are their sum over steps divided by T.
 
 - `reference`: the authors' order, a Python loop over time and, inside it, over layers.
 - `multistep`: layer by layer over all steps at once. A layer at step t only depends on the
   layer below at step t and on its own state, so each convolution runs once over the [T*B]
-  stack and only the neuron scans over time.
+  stack, BNTT normalises all steps in one call, and only the neuron scans over time.
+- `fused`: `multistep` with BNTT + LIF as one Triton kernel each way (bntt/fused.py) and
+  channels-last convolutions. CUDA only (or the Triton interpreter, for tests).
+- `auto`: `fused` on CUDA when Triton is available, else `multistep`.
+
+All of them compute the same function (tests/test_engines.py, tests/test_fused.py).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-ENGINES = ("reference", "multistep")
+from bntt import fused as fused_kernels
+
+ENGINES = ("auto", "reference", "multistep", "fused")
 
 
 def _synapse_input(x: torch.Tensor, synapse: nn.Module) -> torch.Tensor:
@@ -43,20 +50,34 @@ def bntt_lif(z: torch.Tensor, bntt, neuron) -> torch.Tensor:
     return neuron(bntt(z))
 
 
-def run_multistep(model, spikes: torch.Tensor) -> torch.Tensor:
+def run_multistep(model, spikes: torch.Tensor, fused: bool = False) -> torch.Tensor:
     steps, batch = spikes.shape[:2]
     x = spikes.flatten(0, 1)
+    if fused and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    layer = fused_kernels.bntt_lif if fused else bntt_lif
     for synapse, bntt, pool in model.spiking_layers():
         z = synapse(_synapse_input(x, synapse))
-        x = bntt_lif(z.unflatten(0, (steps, batch)), bntt, model.neuron).flatten(0, 1)
+        x = layer(z.unflatten(0, (steps, batch)), bntt, model.neuron).flatten(0, 1)
         if pool is not None:
             x = pool(x)
     return model.readout(x).unflatten(0, (steps, batch))
 
 
+def resolve(engine: str, spikes: torch.Tensor) -> str:
+    """The engine that will run: `auto` becomes `fused` or `multistep`."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if engine == "auto":
+        return "fused" if spikes.is_cuda and fused_kernels.available(spikes) else "multistep"
+    if engine == "fused" and not fused_kernels.available(spikes):
+        raise RuntimeError("the fused engine needs a CUDA device and Triton "
+                           "(or TRITON_INTERPRET=1 to run its kernels on the CPU, slowly)")
+    return engine
+
+
 def run(engine: str, model, spikes: torch.Tensor) -> torch.Tensor:
+    engine = resolve(engine, spikes)
     if engine == "reference":
         return run_reference(model, spikes)
-    if engine == "multistep":
-        return run_multistep(model, spikes)
-    raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    return run_multistep(model, spikes, fused=engine == "fused")

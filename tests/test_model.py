@@ -94,7 +94,9 @@ def test_grayscale_input_keeps_the_cifar_layout():
 def test_runs_in_other_dtypes(dtype):
     model = SNN_VGG11_BNTT(num_steps=2, img_size=16).to(dtype)
     out = model(torch.randn(2, 3, 16, 16, dtype=dtype))
-    assert out.dtype == dtype and out.shape == (2, 10) and torch.isfinite(out).all()
+    # logits accumulate over time in at least float32
+    assert out.dtype == torch.promote_types(dtype, torch.float32)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
     out.float().sum().backward()
     assert model.conv1.weight.grad.dtype == dtype
 

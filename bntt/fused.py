@@ -1,0 +1,304 @@
+"""Fused BNTT-normalise + LIF over all time steps, as Triton kernels with a hand-written backward.
+
+The multi-step engine hands one layer's pre-activations for all steps, z [T, R, C] (R = B*H*W
+rows in channels-last order, C channels), to `BNTTLIF`. It computes
+
+    y_t = gamma_t * (z_t - mean_t) / sqrt(var_t + eps)     BNTT, statistics of step t
+    v_t = leak * u_{t-1} + y_t,  s_t = [v_t > threshold],  u_t = v_t - threshold * s_t
+
+which is `LIFNeuron(BNTT(z))` of bntt/ (tests/test_fused.py checks it against that), but:
+
+- forward: one pass for the per-(t, c) statistics (Welford per tile, Chan's merge of tiles, so
+  the variance has no cancellation), one pass that normalises and scans the neuron over T;
+- backward: nothing but z is saved. Each tile re-runs the forward scan in registers (the T
+  surrogate values are unrolled into a tuple), then scans backwards:
+      g_t = dL/ds_t * surrogate(v_t) + leak * g_{t+1}        (the reset carries no gradient)
+  and applies the BatchNorm backward with per-(t, c) sums that stay in registers; a first
+  launch produces the sums, a second one writes dL/dz. Partial sums go to a per-program slot
+  and are added on the host: no atomics, so results are deterministic.
+
+Arithmetic runs in float32 (float64 for float64 input); z, the spikes and dL/dz keep z's dtype
+(bf16 under autocast). On a CPU the kernels run under the Triton interpreter
+(TRITON_INTERPRET=1 set before this module is imported), which is how the tests cover them.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from bntt.neuron import SURROGATE_SCALE
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only PyTorch builds ship without Triton
+    triton = None
+
+MAX_STEPS = 64  # the backward unrolls T steps into registers
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available(z: torch.Tensor) -> bool:
+    """Whether the fused kernels can run on tensors like z."""
+    return (triton is not None and (z.is_cuda or interpreting())
+            and z.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _lif_update(z, mean, scale, u, leak, threshold):
+        """One step of BNTT-normalise + LIF for a tile; the only copy of the neuron in Triton."""
+        v = leak * u + (z - mean) * scale
+        fired = v > threshold
+        return v, fired, tl.where(fired, v - threshold, v)
+
+    @triton.jit
+    def _surrogate(v, threshold, SCALE: tl.constexpr):
+        return SCALE * tl.maximum(1.0 - tl.abs(v / threshold - 1.0), 0.0) / threshold
+
+    @triton.jit
+    def _stats_kernel(z_ptr, pmean_ptr, pm2_ptr, R, C, rows_per_split,
+                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        t = tl.program_id(0)
+        cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        split = tl.program_id(2)
+        n_split = tl.num_programs(2)
+        cmask = cs < C
+        r_begin = split * rows_per_split
+        r_end = tl.minimum(r_begin + rows_per_split, R)
+        z_step = z_ptr + t.to(tl.int64) * R * C
+        # Statistics of x - shift, shift = the split's first row: no cancellation when the
+        # channel's mean is large against its spread.
+        shift = tl.load(z_step + r_begin.to(tl.int64) * C + cs, mask=cmask & (r_begin < R),
+                        other=0.0).to(ACC)
+        count = tl.zeros([BLOCK_C], ACC)
+        mean = tl.zeros([BLOCK_C], ACC)
+        m2 = tl.zeros([BLOCK_C], ACC)
+        for r0 in range(r_begin, r_end, BLOCK_R):
+            rs = r0 + tl.arange(0, BLOCK_R)
+            mask = (rs < r_end)[:, None] & cmask[None, :]
+            x = tl.load(z_step + rs.to(tl.int64)[:, None] * C + cs[None, :], mask=mask, other=0.0)
+            x = tl.where(mask, x.to(ACC) - shift[None, :], 0.0)
+            n = tl.minimum(r_end - r0, BLOCK_R).to(ACC)
+            tile_mean = tl.sum(x, axis=0) / n
+            d = tl.where(mask, x - tile_mean[None, :], 0.0)
+            tile_m2 = tl.sum(d * d, axis=0)
+            total = count + n
+            delta = tile_mean - mean
+            mean = mean + delta * (n / total)
+            m2 = m2 + tile_m2 + delta * delta * (count * n / total)
+            count = total
+        out = (t * n_split + split) * C + cs
+        tl.store(pmean_ptr + out, mean + shift, mask=cmask)
+        tl.store(pm2_ptr + out, m2, mask=cmask)
+
+    @triton.jit
+    def _forward_kernel(z_ptr, s_ptr, mean_ptr, scale_ptr, R, C, leak, threshold,
+                        T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                        ACC: tl.constexpr):
+        rs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cs < C
+        mask = (rs < R)[:, None] & cmask[None, :]
+        offs = rs.to(tl.int64)[:, None] * C + cs[None, :]
+        step = R.to(tl.int64) * C
+        u = tl.zeros([BLOCK_R, BLOCK_C], ACC)
+        for t in range(T):
+            z = tl.load(z_ptr + t * step + offs, mask=mask, other=0.0).to(ACC)
+            mean = tl.load(mean_ptr + t * C + cs, mask=cmask, other=0.0)
+            scale = tl.load(scale_ptr + t * C + cs, mask=cmask, other=0.0)
+            v, fired, u = _lif_update(z, mean[None, :], scale[None, :], u, leak, threshold)
+            tl.store(s_ptr + t * step + offs, fired.to(s_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _backward_kernel(z_ptr, gs_ptr, dz_ptr, mean_ptr, scale_ptr, rstd_ptr, a_ptr, b_ptr,
+                         psum_ptr, R, C, rows_per_split, leak, threshold,
+                         T: tl.constexpr, WRITE_DZ: tl.constexpr, SURROGATE: tl.constexpr,
+                         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        """WRITE_DZ=False: per-(t, c) sums of g and g * xhat into psum[2, T, splits, C].
+        WRITE_DZ=True: dz = scale * (g - a - xhat * b) with a, b = those sums / R."""
+        cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        split = tl.program_id(1)
+        n_split = tl.num_programs(1)
+        cmask = cs < C
+        r_begin = split * rows_per_split
+        r_end = tl.minimum(r_begin + rows_per_split, R)
+        step = R.to(tl.int64) * C
+        sum_g = ()
+        sum_gx = ()
+        for t in tl.static_range(T):
+            sum_g = sum_g + (tl.zeros([BLOCK_C], ACC),)
+            sum_gx = sum_gx + (tl.zeros([BLOCK_C], ACC),)
+        for r0 in range(r_begin, r_end, BLOCK_R):
+            rs = r0 + tl.arange(0, BLOCK_R)
+            mask = (rs < r_end)[:, None] & cmask[None, :]
+            offs = rs.to(tl.int64)[:, None] * C + cs[None, :]
+            # forward again, keeping only the surrogate derivative of every step
+            u = tl.zeros([BLOCK_R, BLOCK_C], ACC)
+            surrogates = ()
+            for t in tl.static_range(T):
+                z = tl.load(z_ptr + t * step + offs, mask=mask, other=0.0).to(ACC)
+                mean = tl.load(mean_ptr + t * C + cs, mask=cmask, other=0.0)
+                scale = tl.load(scale_ptr + t * C + cs, mask=cmask, other=0.0)
+                v, fired, u = _lif_update(z, mean[None, :], scale[None, :], u, leak, threshold)
+                surrogates = surrogates + (_surrogate(v, threshold, SURROGATE),)
+            # backward in time
+            carry = tl.zeros([BLOCK_R, BLOCK_C], ACC)
+            new_g = ()
+            new_gx = ()
+            for t in tl.static_range(T - 1, -1, -1):
+                gs = tl.load(gs_ptr + t * step + offs, mask=mask, other=0.0).to(ACC)
+                g = tl.where(mask, gs * surrogates[t] + carry, 0.0)  # dL/dv_t = dL/dy_t
+                carry = leak * g
+                z = tl.load(z_ptr + t * step + offs, mask=mask, other=0.0).to(ACC)
+                mean = tl.load(mean_ptr + t * C + cs, mask=cmask, other=0.0)
+                rstd = tl.load(rstd_ptr + t * C + cs, mask=cmask, other=0.0)
+                xhat = (z - mean[None, :]) * rstd[None, :]
+                if WRITE_DZ:
+                    scale = tl.load(scale_ptr + t * C + cs, mask=cmask, other=0.0)
+                    a = tl.load(a_ptr + t * C + cs, mask=cmask, other=0.0)
+                    b = tl.load(b_ptr + t * C + cs, mask=cmask, other=0.0)
+                    dz = scale[None, :] * (g - a[None, :] - xhat * b[None, :])
+                    tl.store(dz_ptr + t * step + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+                else:
+                    new_g = (sum_g[t] + tl.sum(g, axis=0),) + new_g
+                    new_gx = (sum_gx[t] + tl.sum(g * xhat, axis=0),) + new_gx
+            if not WRITE_DZ:
+                sum_g = new_g
+                sum_gx = new_gx
+        if not WRITE_DZ:
+            for t in tl.static_range(T):
+                out = (t * n_split + split) * C + cs
+                tl.store(psum_ptr + out, sum_g[t], mask=cmask)
+                tl.store(psum_ptr + T * n_split * C + out, sum_gx[t], mask=cmask)
+
+
+_TL_ACC = {torch.float64: "float64", torch.float32: "float32"}
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tiles(C: int, elements: int, device):
+    """(rows, channels) of a tile of about `elements` values. The Triton interpreter (CPU)
+    costs per operation, not per element, so there tiles are as large as can be."""
+    if device.type != "cuda":
+        block_c = triton.next_power_of_2(C)
+        return max((1 << 16) // block_c, 1), block_c
+    block_c = min(triton.next_power_of_2(C), 64)
+    return max(elements // block_c, 1), block_c
+
+
+def _splits(rows: int, block_r: int, programs_per_split: int, device) -> tuple[int, int]:
+    """How many programs share the rows of a (step, channel block): enough to fill the GPU."""
+    if device.type == "cuda":
+        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = 4
+    tiles = triton.cdiv(rows, block_r)
+    n_split = max(1, min(tiles, target // max(programs_per_split, 1)))
+    rows_per_split = triton.cdiv(tiles, n_split) * block_r
+    return triton.cdiv(rows, rows_per_split), rows_per_split
+
+
+def batch_stats(z: torch.Tensor):
+    """Per-(t, c) mean and biased variance of z [T, R, C] over its R rows."""
+    T, R, C = z.shape
+    acc = _acc_dtype(z.dtype)
+    block_r, block_c = _tiles(C, 4096, z.device)
+    n_split, rows_per_split = _splits(R, block_r, T * triton.cdiv(C, block_c), z.device)
+    pmean = torch.empty((T, n_split, C), device=z.device, dtype=acc)
+    pm2 = torch.empty_like(pmean)
+    _stats_kernel[(T, triton.cdiv(C, block_c), n_split)](
+        z, pmean, pm2, R, C, rows_per_split, BLOCK_R=block_r, BLOCK_C=block_c,
+        ACC=getattr(tl, _TL_ACC[acc]))
+    counts = (R - torch.arange(n_split, device=z.device, dtype=acc) * rows_per_split)
+    counts = counts.clamp(0, rows_per_split).view(1, n_split, 1)
+    mean = (pmean * counts).sum(1) / R
+    m2 = pm2.sum(1) + (counts * (pmean - mean[:, None, :]) ** 2).sum(1)
+    return mean, m2 / R
+
+
+class BNTTLIF(torch.autograd.Function):
+    """spikes [T, R, C] = LIF(BNTT(z)) for contiguous z [T, R, C]; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, z, weight, running_mean, running_var, num_batches_tracked,
+                training: bool, momentum: float, eps: float, leak: float, threshold: float):
+        T, R, C = z.shape
+        acc = _acc_dtype(z.dtype)
+        if training:
+            if R < 2:
+                raise ValueError(f"BNTT needs more than 1 value per channel when training, got {R}")
+            mean, var = batch_stats(z)
+            with torch.no_grad():
+                running_mean[:T].mul_(1 - momentum).add_(momentum * mean.to(running_mean.dtype))
+                running_var[:T].mul_(1 - momentum).add_(
+                    momentum * (var * (R / (R - 1))).to(running_var.dtype))
+                num_batches_tracked[:T] += 1
+        else:
+            mean, var = running_mean[:T].to(acc), running_var[:T].to(acc)
+        rstd = 1.0 / torch.sqrt(var + eps)
+        scale = weight[:T].detach().to(acc) * rstd
+        spikes = torch.empty_like(z)
+        block_r, block_c = _tiles(C, 1024, z.device)
+        _forward_kernel[(triton.cdiv(R, block_r), triton.cdiv(C, block_c))](
+            z, spikes, mean.contiguous(), scale.contiguous(), R, C, leak, threshold,
+            T=T, BLOCK_R=block_r, BLOCK_C=block_c, ACC=getattr(tl, _TL_ACC[acc]))
+        ctx.save_for_backward(z, weight, mean, rstd, scale)
+        ctx.settings = (training, leak, threshold)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        z, weight, mean, rstd, scale = ctx.saved_tensors
+        training, leak, threshold = ctx.settings
+        T, R, C = z.shape
+        acc = mean.dtype
+        grad_spikes = grad_spikes.contiguous()
+        block_r, block_c = _tiles(C, 512, z.device)
+        n_split, rows_per_split = _splits(R, block_r, triton.cdiv(C, block_c), z.device)
+
+        def launch(write_dz, a, b, psum, dz):
+            _backward_kernel[(triton.cdiv(C, block_c), n_split)](
+                z, grad_spikes, dz, mean, scale, rstd, a, b, psum, R, C, rows_per_split,
+                leak, threshold, T=T, WRITE_DZ=write_dz, SURROGATE=SURROGATE_SCALE,
+                BLOCK_R=block_r, BLOCK_C=block_c, ACC=getattr(tl, _TL_ACC[acc]))
+
+        zeros = torch.zeros((T, C), device=z.device, dtype=acc)
+        sum_g = sum_gx = zeros
+        if training or ctx.needs_input_grad[1]:
+            psum = torch.empty((2, T, n_split, C), device=z.device, dtype=acc)
+            launch(False, zeros, zeros, psum, z)  # dz_ptr unused
+            sum_g, sum_gx = psum.sum(2)
+        grad_z = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            a, b = (sum_g / R, sum_gx / R) if training else (zeros, zeros)
+            grad_z = torch.empty_like(z)
+            launch(True, a.contiguous(), b.contiguous(), z, grad_z)  # psum_ptr unused
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.zeros_like(weight)
+            grad_weight[:T] = sum_gx.to(weight.dtype)
+        return grad_z, grad_weight, None, None, None, None, None, None, None, None
+
+
+def bntt_lif(z: torch.Tensor, bntt, neuron) -> torch.Tensor:
+    """LIFNeuron(BNTT(z)) for z [T, B, C] or [T, B, C, H, W], with the fused kernels.
+
+    The kernels see [T, B*H*W, C]; a channels-last z (what the fused engine feeds its convs)
+    is that already, any other layout is copied once.
+    """
+    T, B, C = z.shape[:3]
+    if T > MAX_STEPS:
+        raise ValueError(f"the fused kernels handle at most {MAX_STEPS} time steps, got {T}")
+    rows = z.movedim(2, -1).reshape(T, -1, C).contiguous()
+    spikes = BNTTLIF.apply(rows, bntt.weight, bntt.running_mean, bntt.running_var,
+                           bntt.num_batches_tracked, bntt.training, bntt.momentum, bntt.eps,
+                           neuron.leak, neuron.threshold)
+    return spikes.reshape(T, B, *z.shape[3:], C).movedim(-1, 2)

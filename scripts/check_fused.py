@@ -1,0 +1,120 @@
+"""Check the fused BNTT + LIF kernels against the PyTorch composition LIFNeuron(BNTT(z)) at the
+layer shapes of the paper's networks, and time both, layer by layer.
+
+    python scripts/check_fused.py                      # GPU: VGG9 T=25 batch 256 shapes
+    TRITON_INTERPRET=1 python scripts/check_fused.py --quick --device cpu
+
+For every layer: the fraction of spikes that differ, and max |a - b| / max |b| of dL/dz, of
+dL/dgamma and of the running statistics, in float32 and bf16 (both sides get the same bf16 z);
+then forward+backward milliseconds of each (CUDA events, median of --iters). Last, the whole
+network: the fused engine against the reference engine in float32.
+"""
+import argparse
+import copy
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bntt import BNTT, LIFNeuron, engines, fused  # noqa: E402
+from bntt.coding import poisson_spikes  # noqa: E402
+from model import build_model  # noqa: E402
+
+VGG9_LAYERS = [(64, 32), (64, 32), (128, 16), (128, 16), (256, 8), (256, 8), (256, 8), (1024, None)]
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-30)).item()
+
+
+def layer_check(channels, size, steps, batch, dtype, device, iters):
+    g = torch.Generator(device=device).manual_seed(channels)
+    shape = (steps, batch, channels) + ((size, size) if size else ())
+    z = (torch.randn(shape, device=device, generator=g) * 2 + 0.3).to(dtype)
+    if size:
+        z = z.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, shape[:2])
+    weights = torch.randn(shape, device=device, generator=g).to(dtype)
+    neuron = LIFNeuron(leak=0.95)
+    bn = BNTT(channels, steps).to(device)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+    out = {}
+    for name, layer in (("fused", fused.bntt_lif), ("pytorch", engines.bntt_lif)):
+        b = copy.deepcopy(bn)
+        zz = z.clone().requires_grad_()
+        s = layer(zz, b, neuron)
+        (s * weights).float().sum().backward()
+        out[name] = (s, zz.grad, b.weight.grad, b.running_mean, b.running_var)
+    (s, dz, dg, rm, rv), (s0, dz0, dg0, rm0, rv0) = out["fused"], out["pytorch"]
+    row = {"channels": channels, "size": size, "dtype": str(dtype).split(".")[-1],
+           "spikes_differing": (s != s0).float().mean().item(), "dz": rel(dz, dz0),
+           "dgamma": rel(dg, dg0), "running_mean": rel(rm, rm0), "running_var": rel(rv, rv0),
+           "spike_rate": s0.float().mean().item()}
+    if device.type == "cuda":
+        for name, layer in (("fused", fused.bntt_lif), ("pytorch", engines.bntt_lif)):
+            times = []
+            for _ in range(iters + 2):
+                zz = z.clone().requires_grad_()
+                b = copy.deepcopy(bn)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                layer(zz, b, neuron).backward(weights)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            row[f"{name}_ms"] = statistics.median(times[2:])
+    return row
+
+
+def model_check(device, steps, batch):
+    torch.manual_seed(0)
+    ref = build_model("vgg9", num_steps=steps, leak_mem=0.95, engine="reference").to(device)
+    fast = copy.deepcopy(ref)
+    fast.engine = "fused"
+    g = torch.Generator(device=device).manual_seed(1)
+    spikes = poisson_spikes(torch.randn(batch, 3, 32, 32, device=device, generator=g), steps, generator=g)
+    w = torch.randn(batch, 10, device=device, generator=g)
+    outs = []
+    for m in (ref, fast):
+        o = m.forward_spikes(spikes)
+        (o * w).sum().backward()
+        outs.append(o)
+    grads = max(rel(a.grad, b.grad) for a, b in zip(fast.parameters(), ref.parameters()))
+    return {"logits": rel(outs[1], outs[0]), "worst_parameter_grad": grads}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="T=3, batch 4 (for the interpreter)")
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    steps, batch = (3, 4) if args.quick else (25, 256)
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        if dtype == torch.bfloat16 and device.type != "cuda":
+            continue  # the Triton interpreter has no bf16
+        for channels, size in VGG9_LAYERS:
+            rows.append(layer_check(channels, size, steps, batch, dtype, device, args.iters))
+    print(f"layer shapes of VGG9, T={steps}, batch {batch}, {device}")
+    print(f"{'layer':<14} {'dtype':<9} {'spikes≠':>8} {'dz':>9} {'dgamma':>9} {'run.var':>9} "
+          f"{'fused ms':>9} {'torch ms':>9}")
+    for r in rows:
+        layer = f"{r['channels']}x{r['size']}x{r['size']}" if r["size"] else f"fc {r['channels']}"
+        times = (f"{r['fused_ms']:>9.2f} {r['pytorch_ms']:>9.2f}" if "fused_ms" in r else "")
+        print(f"{layer:<14} {r['dtype']:<9} {r['spikes_differing']:>8.1e} {r['dz']:>9.1e} "
+              f"{r['dgamma']:>9.1e} {r['running_var']:>9.1e} {times}")
+    whole = model_check(device, 4 if args.quick else 8, 4 if args.quick else 32)
+    print(f"VGG9 fused vs reference engine, float32: logits {whole['logits']:.1e}, "
+          f"worst parameter gradient {whole['worst_parameter_grad']:.1e}")
+    if args.json:
+        args.json.write_text(json.dumps({"layers": rows, "model": whole}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

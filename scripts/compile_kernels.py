@@ -1,0 +1,89 @@
+"""Compile the fused BNTT + LIF kernels for a GPU architecture without a GPU, and report what
+the compiler made of them: registers per thread, spilled bytes, compile seconds.
+
+    python scripts/compile_kernels.py [--steps 25] [--arch 90] [--dtype bf16]
+
+Uses Triton's code generator and the ptxas that ships with it, so it runs on a CPU-only
+machine; the tests run it with a small T to catch kernels the interpreter accepts and the
+compiler does not.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "0"  # real JIT functions, not the interpreter's
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+
+from bntt import fused  # noqa: E402
+from bntt.neuron import SURROGATE_SCALE  # noqa: E402
+
+DATA_POINTERS = ("z_ptr", "s_ptr", "gs_ptr", "dz_ptr")
+
+
+def signature(kernel, constants, dtype):
+    sig = {}
+    for name in kernel.arg_names:
+        if name in constants:
+            sig[name] = "constexpr"
+        elif name in DATA_POINTERS:
+            sig[name] = f"*{dtype}"
+        elif name.endswith("_ptr"):
+            sig[name] = "*fp32"
+        elif name in ("leak", "threshold"):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    out = subprocess.run([str(ptxas), f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}",
+                          "-v", f.name, "-o", os.devnull], capture_output=True, text=True).stderr
+    os.unlink(f.name)
+    regs = [int(x) for x in re.findall(r"Used (\d+) registers", out)]
+    spills = [int(x) for x in re.findall(r"(\d+) bytes spill stores", out)]
+    return max(regs, default=-1), max(spills, default=0)
+
+
+def kernels(steps: int):
+    acc = tl.float32
+    yield fused._stats_kernel, {"BLOCK_R": 64, "BLOCK_C": 64, "ACC": acc}, 4
+    yield fused._forward_kernel, {"T": steps, "BLOCK_R": 16, "BLOCK_C": 64, "ACC": acc}, 4
+    for write_dz in (False, True):
+        yield fused._backward_kernel, {"T": steps, "WRITE_DZ": write_dz, "SURROGATE": SURROGATE_SCALE,
+                                       "BLOCK_R": 8, "BLOCK_C": 64, "ACC": acc}, 4
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    args = parser.parse_args(argv)
+    print(f"{'kernel':<18} {'constants':<56} {'regs':>5} {'spill B':>8} {'seconds':>8}")
+    for kernel, constants, warps in kernels(args.steps):
+        started = time.perf_counter()
+        source = triton.compiler.ASTSource(fn=kernel, signature=signature(kernel, constants, args.dtype),
+                                           constexprs=constants)
+        compiled = triton.compile(source, target=GPUTarget("cuda", args.arch, 32),
+                                  options={"num_warps": warps})
+        regs, spill = ptxas_report(compiled.asm["ptx"], args.arch)
+        shown = ",".join(f"{k}={v}" for k, v in constants.items() if k != "ACC")
+        print(f"{kernel.fn.__name__:<18} {shown:<56} {regs:>5} {spill:>8} "
+              f"{time.perf_counter() - started:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()

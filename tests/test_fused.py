@@ -1,0 +1,90 @@
+"""The fused BNTT + LIF kernels (bntt/fused.py) against LIFNeuron(BNTT(z)) of the library.
+
+Without a GPU they run in the Triton interpreter (tests/conftest.py); the last test compiles
+them for the H100 (sm_90) to catch what the interpreter accepts and the compiler does not.
+"""
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bntt import BNTT, LIFNeuron, fused
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(fused.triton is None, reason="Triton is not installed")
+
+
+def make_layer(channels, steps, dtype, training, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    bn = BNTT(channels, steps).to(dtype)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(bn.weight.shape, generator=g) + 0.5)
+        bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=g))
+        bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) + 0.5)
+    return bn.train(training)
+
+
+def run_both(z, bn, neuron, grad_seed=1):
+    bn_ref = copy.deepcopy(bn)
+    z_fused = z.clone().requires_grad_()
+    z_ref = z.clone().requires_grad_()
+    weights = torch.randn(z.shape, dtype=z.dtype, generator=torch.Generator().manual_seed(grad_seed))
+    s_fused = fused.bntt_lif(z_fused, bn, neuron)
+    (s_fused * weights).sum().backward()
+    s_ref = neuron(bn_ref(z_ref))
+    (s_ref * weights).sum().backward()
+    return (s_fused, z_fused.grad, bn), (s_ref, z_ref.grad, bn_ref)
+
+
+@pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["f64", "f32"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape,layout", [((4, 6, 5, 3, 3), "nchw"), ((4, 6, 5, 3, 3), "channels_last"),
+                                          ((3, 8, 20), "fc"), ((1, 5, 7, 2, 2), "nchw")])
+def test_fused_equals_library_composition(shape, layout, training, dtype, rel):
+    g = torch.Generator().manual_seed(sum(shape))
+    z = torch.randn(shape, dtype=dtype, generator=g) * 2 + 0.5
+    if layout == "channels_last":
+        z = z.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, shape[:2])
+    bn = make_layer(shape[2], shape[0] + 2, dtype, training)  # more BNTT steps than used
+    (s, dz, bn_f), (s_ref, dz_ref, bn_r) = run_both(z, bn, LIFNeuron(leak=0.9, threshold=1.0))
+
+    assert torch.equal(s, s_ref)
+    assert 0.05 < s_ref.mean() < 0.95
+    assert (dz - dz_ref).abs().max() <= rel * dz_ref.abs().max()
+    assert (bn_f.weight.grad - bn_r.weight.grad).abs().max() <= rel * bn_r.weight.grad.abs().max()
+    assert bn_f.weight.grad[shape[0]:].abs().max() == 0  # steps not run get no gradient
+    for name in ("running_mean", "running_var"):
+        a, b = getattr(bn_f, name), getattr(bn_r, name)
+        assert (a - b).abs().max() <= rel * b.abs().max(), name
+    assert torch.equal(bn_f.num_batches_tracked, bn_r.num_batches_tracked)
+
+
+def test_batch_statistics_survive_a_large_mean():
+    # float32 data with mean 1e4 and spread 1: a sum-of-squares variance keeps no correct digit
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(2, 3000, 8, generator=g, dtype=torch.float64) + 1e4).float()
+    mean, var = fused.batch_stats(z)
+    var64, mean64 = torch.var_mean(z.double(), dim=1, unbiased=False)
+    assert (mean.double() - mean64).abs().max() < 2e-3  # about an ulp of 1e4 in float32
+    assert ((var.double() / var64) - 1).abs().max() < 1e-5
+
+
+def test_refuses_too_many_steps_and_single_rows():
+    bn = BNTT(4, fused.MAX_STEPS + 1)
+    with pytest.raises(ValueError, match="at most 64 time steps"):
+        fused.bntt_lif(torch.randn(fused.MAX_STEPS + 1, 2, 4), bn, LIFNeuron())
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        fused.bntt_lif(torch.randn(2, 1, 4), BNTT(4, 2), LIFNeuron())
+
+
+def test_kernels_compile_for_hopper():
+    """The real compiler, down to SASS for sm_90 with the ptxas that ships with Triton."""
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile_kernels.py"), "--steps", "4"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["_stats_kernel", "_forward_kernel", "_backward_kernel", "_backward_kernel"]
+    assert all(int(r[2]) > 0 for r in rows)  # ptxas produced code and reported registers
