@@ -10,12 +10,13 @@ which is `LIFNeuron(BNTT(z))` of bntt/ (tests/test_fused.py checks it against th
 
 - forward: one pass for the per-(t, c) statistics (Welford per tile, Chan's merge of tiles, so
   the variance has no cancellation), one pass that normalises and scans the neuron over T;
-- backward: nothing but z is saved. Each tile re-runs the forward scan in registers (the T
-  surrogate values are unrolled into a tuple), then scans backwards:
+- backward: nothing but z is saved. Each tile re-runs the forward scan, keeping the surrogate
+  derivative of every step in a small per-program scratch slot (it stays in L1/L2), then scans
+  backwards:
       g_t = dL/ds_t * surrogate(v_t) + leak * g_{t+1}        (the reset carries no gradient)
-  and applies the BatchNorm backward with per-(t, c) sums that stay in registers; a first
-  launch produces the sums, a second one writes dL/dz. Partial sums go to a per-program slot
-  and are added on the host: no atomics, so results are deterministic.
+  and applies the BatchNorm backward; a first launch produces the per-(t, c) sums it needs, a
+  second one writes dL/dz. Each program adds into its own slot of partial sums, which the host
+  adds up: no atomics, so results are deterministic.
 
 Arithmetic runs in float32 (float64 for float64 input); z, the spikes and dL/dz keep z's dtype
 (bf16 under autocast). On a CPU the kernels run under the Triton interpreter
@@ -35,7 +36,7 @@ try:
 except ImportError:  # CPU-only PyTorch builds ship without Triton
     triton = None
 
-MAX_STEPS = 64  # the backward unrolls T steps into registers
+MAX_STEPS = 64  # T is a compile-time constant of the kernels; one compilation per T
 
 
 def interpreting() -> bool:
@@ -117,7 +118,7 @@ if triton is not None:
 
     @triton.jit
     def _backward_kernel(z_ptr, gs_ptr, dz_ptr, mean_ptr, scale_ptr, rstd_ptr, a_ptr, b_ptr,
-                         psum_ptr, R, C, rows_per_split, leak, threshold,
+                         psum_ptr, scratch_ptr, R, C, rows_per_split, leak, threshold,
                          T: tl.constexpr, WRITE_DZ: tl.constexpr, SURROGATE: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
         """WRITE_DZ=False: per-(t, c) sums of g and g * xhat into psum[2, T, splits, C].
@@ -129,31 +130,36 @@ if triton is not None:
         r_begin = split * rows_per_split
         r_end = tl.minimum(r_begin + rows_per_split, R)
         step = R.to(tl.int64) * C
-        sum_g = ()
-        sum_gx = ()
-        for t in tl.static_range(T):
-            sum_g = sum_g + (tl.zeros([BLOCK_C], ACC),)
-            sum_gx = sum_gx + (tl.zeros([BLOCK_C], ACC),)
+        # this program's slot of T tiles, for the surrogate derivatives of the forward re-run
+        tile = tl.arange(0, BLOCK_R)[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+        program = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+        scratch = scratch_ptr + program.to(tl.int64) * (T * BLOCK_R * BLOCK_C) + tile
+        psum_g = psum_ptr + split * C + cs
+        psum_gx = psum_g + T * n_split * C
+        if not WRITE_DZ:
+            for t in range(T):
+                tl.store(psum_g + t * n_split * C, tl.zeros([BLOCK_C], ACC), mask=cmask)
+                tl.store(psum_gx + t * n_split * C, tl.zeros([BLOCK_C], ACC), mask=cmask)
         for r0 in range(r_begin, r_end, BLOCK_R):
             rs = r0 + tl.arange(0, BLOCK_R)
             mask = (rs < r_end)[:, None] & cmask[None, :]
             offs = rs.to(tl.int64)[:, None] * C + cs[None, :]
-            # forward again, keeping only the surrogate derivative of every step
+            # forward again, keeping the surrogate derivative of every step
             u = tl.zeros([BLOCK_R, BLOCK_C], ACC)
-            surrogates = ()
-            for t in tl.static_range(T):
+            for t in range(T):
                 z = tl.load(z_ptr + t * step + offs, mask=mask, other=0.0).to(ACC)
                 mean = tl.load(mean_ptr + t * C + cs, mask=cmask, other=0.0)
                 scale = tl.load(scale_ptr + t * C + cs, mask=cmask, other=0.0)
                 v, fired, u = _lif_update(z, mean[None, :], scale[None, :], u, leak, threshold)
-                surrogates = surrogates + (_surrogate(v, threshold, SURROGATE),)
+                tl.store(scratch + t * (BLOCK_R * BLOCK_C), _surrogate(v, threshold, SURROGATE))
+            tl.debug_barrier()  # the slot and the partial sums are shared by the program's threads
             # backward in time
             carry = tl.zeros([BLOCK_R, BLOCK_C], ACC)
-            new_g = ()
-            new_gx = ()
-            for t in tl.static_range(T - 1, -1, -1):
+            for i in range(T):
+                t = T - 1 - i
                 gs = tl.load(gs_ptr + t * step + offs, mask=mask, other=0.0).to(ACC)
-                g = tl.where(mask, gs * surrogates[t] + carry, 0.0)  # dL/dv_t = dL/dy_t
+                surrogate = tl.load(scratch + t * (BLOCK_R * BLOCK_C))
+                g = tl.where(mask, gs * surrogate + carry, 0.0)  # dL/dv_t = dL/dy_t
                 carry = leak * g
                 z = tl.load(z_ptr + t * step + offs, mask=mask, other=0.0).to(ACC)
                 mean = tl.load(mean_ptr + t * C + cs, mask=cmask, other=0.0)
@@ -166,16 +172,12 @@ if triton is not None:
                     dz = scale[None, :] * (g - a[None, :] - xhat * b[None, :])
                     tl.store(dz_ptr + t * step + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
                 else:
-                    new_g = (sum_g[t] + tl.sum(g, axis=0),) + new_g
-                    new_gx = (sum_gx[t] + tl.sum(g * xhat, axis=0),) + new_gx
-            if not WRITE_DZ:
-                sum_g = new_g
-                sum_gx = new_gx
-        if not WRITE_DZ:
-            for t in tl.static_range(T):
-                out = (t * n_split + split) * C + cs
-                tl.store(psum_ptr + out, sum_g[t], mask=cmask)
-                tl.store(psum_ptr + T * n_split * C + out, sum_gx[t], mask=cmask)
+                    at = t * n_split * C
+                    tl.store(psum_g + at, tl.load(psum_g + at, mask=cmask) + tl.sum(g, axis=0),
+                             mask=cmask)
+                    tl.store(psum_gx + at, tl.load(psum_gx + at, mask=cmask) + tl.sum(g * xhat, axis=0),
+                             mask=cmask)
+            tl.debug_barrier()
 
 
 _TL_ACC = {torch.float64: "float64", torch.float32: "float32"}
@@ -265,9 +267,12 @@ class BNTTLIF(torch.autograd.Function):
         block_r, block_c = _tiles(C, 512, z.device)
         n_split, rows_per_split = _splits(R, block_r, triton.cdiv(C, block_c), z.device)
 
+        grid = (triton.cdiv(C, block_c), n_split)
+        scratch = torch.empty(grid[0] * grid[1] * T * block_r * block_c, device=z.device, dtype=acc)
+
         def launch(write_dz, a, b, psum, dz):
-            _backward_kernel[(triton.cdiv(C, block_c), n_split)](
-                z, grad_spikes, dz, mean, scale, rstd, a, b, psum, R, C, rows_per_split,
+            _backward_kernel[grid](
+                z, grad_spikes, dz, mean, scale, rstd, a, b, psum, scratch, R, C, rows_per_split,
                 leak, threshold, T=T, WRITE_DZ=write_dz, SURROGATE=SURROGATE_SCALE,
                 BLOCK_R=block_r, BLOCK_C=block_c, ACC=getattr(tl, _TL_ACC[acc]))
 
