@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
 import tomllib
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +25,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from bntt.checkpoint import (CheckpointError, load_checkpoint, load_model_state, model_state,
-                             rng_state, save_atomic, set_rng_state)
-from bntt.data import DATASETS, DataUnavailable, dataset_info, make_datasets, make_loaders
+from bntt.checkpoint import (load_checkpoint, load_model_state, model_state, rng_state, save_atomic,
+                             set_rng_state)
+from bntt.cli import UsageError, autocast, pick_device, run_cli
+from bntt.data import DATASETS, dataset_info, make_datasets, make_loaders
 from bntt.engines import ENGINES
 from bntt.engines import resolve as resolve_engine
 from model import ARCHS, build_model
@@ -70,10 +69,6 @@ OPTIONS = {
 # the same num_workers: worker processes draw the augmentation from their own seeds.)
 RESUME_OVERRIDABLE = {"num_workers", "device", "data_dir", "download", "train_display_freq",
                       "test_display_freq", "resume"}
-
-
-class UsageError(Exception):
-    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,18 +154,6 @@ def resolve_config(argv) -> tuple[dict, dict | None]:
     return cfg, ckpt
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name} requested but CUDA is not available")
-    return device
-
-
 def run_folder(cfg: dict, ckpt_path: str) -> Path:
     if ckpt_path:
         path = Path(ckpt_path)
@@ -184,12 +167,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # every device
-
-
-def autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def train_epoch(model, loader, optimizer, criterion, device, amp, desc) -> dict:
@@ -306,9 +283,32 @@ def main(argv=None) -> int:
                f"engine {resolve_engine(cfg['engine'], torch.empty(0, device=device))}"
                f"{', bf16 autocast' if cfg['amp'] and device.type == 'cuda' else ''}"
                f"{f', resuming after epoch {start_epoch}' if start_epoch else ''}")
-    last_eval = None
     epochs = tqdm(range(start_epoch, cfg["num_epochs"]), desc="epochs", initial=start_epoch,
                   total=cfg["num_epochs"], dynamic_ncols=True)
+    try:
+        last_eval, best_acc, best_epoch = train_epochs(
+            cfg, model, optimizer, criterion, train_loader, test_loader, device, writer,
+            metrics_path, run_dir, epochs, best_acc, best_epoch)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python train.py --resume {run_dir} "
+              "(it restarts the unfinished epoch)", file=sys.stderr)
+        raise
+    epochs.close()
+    writer.close()
+    if last_eval is not None:
+        print(f"test accuracy: top-1 {last_eval['test_top1']:.2f}%, top-5 {last_eval['test_top5']:.2f}% "
+              f"on {last_eval['test_images']} images (best top-1 {best_acc:.2f}% at epoch {best_epoch}); "
+              f"run folder {run_dir}")
+    else:
+        print(f"nothing to do: {run_dir} already finished {start_epoch} epochs "
+              f"(best top-1 {best_acc:.2f}% at epoch {best_epoch})")
+    return 0
+
+
+def train_epochs(cfg, model, optimizer, criterion, train_loader, test_loader, device, writer,
+                 metrics_path, run_dir, epochs, best_acc, best_epoch):
+    """The epoch loop: train, evaluate, log, checkpoint. Returns (last evaluation, best)."""
+    last_eval = None
     for epoch in epochs:
         lr = lr_at_epoch(cfg["lr"], epoch, cfg["num_epochs"])
         for group in optimizer.param_groups:
@@ -355,34 +355,11 @@ def main(argv=None) -> int:
             summary += f" test top-1 {row['test_top1']:.2f}% (best {best_acc:.2f}%)"
         if (epoch + 1) % cfg["train_display_freq"] == 0 or "test_top1" in row or last_epoch:
             tqdm.write(summary + f" [{row['epoch_seconds']:.1f}s]")
-    epochs.close()
-    writer.close()
-    if last_eval is not None:
-        print(f"test accuracy: top-1 {last_eval['test_top1']:.2f}%, top-5 {last_eval['test_top5']:.2f}% "
-              f"on {last_eval['test_images']} images (best top-1 {best_acc:.2f}% at epoch {best_epoch}); "
-              f"run folder {run_dir}")
-    else:
-        print(f"nothing to do: {run_dir} already finished {start_epoch} epochs "
-              f"(best top-1 {best_acc:.2f}% at epoch {best_epoch})")
-    return 0
+    return last_eval, best_acc, best_epoch
 
 
 def cli(argv=None) -> int:
-    try:
-        return main(argv)
-    except (UsageError, CheckpointError) as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
-        return 2
-    except DataUnavailable as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
-        return 2
-    except FloatingPointError as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; continue with --resume <run folder> (it restarts the unfinished epoch)",
-              file=sys.stderr)
-        return 130
+    return run_cli(main, "train.py", argv)
 
 
 if __name__ == "__main__":

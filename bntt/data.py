@@ -264,8 +264,12 @@ def make_loaders(train_set, test_set, batch_size: int, test_batch_size: int, num
     full batch, as in the authors' code). The test set is scored whole unless drop_last_test
     reproduces the authors' truncation. Shuffling and augmentation draw from the global RNG
     (workers are seeded from it each epoch), so restoring that RNG reproduces an epoch exactly."""
-    common = {"num_workers": num_workers, "pin_memory": pin_memory}
-    train = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True, **common)
-    test = DataLoader(test_set, batch_size=test_batch_size, shuffle=False,
-                      drop_last=drop_last_test, **common)
-    return train, test
+    train = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
+                       num_workers=num_workers, pin_memory=pin_memory)
+    return train, make_test_loader(test_set, test_batch_size, num_workers, drop_last_test, pin_memory)
+
+
+def make_test_loader(test_set, batch_size: int, num_workers: int = 0, drop_last: bool = False,
+                     pin_memory: bool = False):
+    return DataLoader(test_set, batch_size=batch_size, shuffle=False, drop_last=drop_last,
+                      num_workers=num_workers, pin_memory=pin_memory)

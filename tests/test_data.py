@@ -1,6 +1,5 @@
 """Dataset readers on fixtures in the exact on-disk formats, the bundled subset, transforms,
 and the one-line error for a dataset that is missing offline."""
-import numpy as np
 import pytest
 import torch
 

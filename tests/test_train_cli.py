@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import train
-from bntt import data
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "fashionmnist_subset", "--arch", "vgg9", "--num_steps", "2", "--batch_size", "32",

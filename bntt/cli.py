@@ -1,0 +1,49 @@
+"""What train.py and evaluate.py share: devices, autocast, and one-line errors."""
+from __future__ import annotations
+
+import sys
+from contextlib import nullcontext
+
+import torch
+
+from bntt.checkpoint import CheckpointError
+from bntt.data import DataUnavailable
+
+
+class UsageError(Exception):
+    """Bad flags or files given on the command line; the message says which."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name} requested but CUDA is not available")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled; a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def run_cli(main, prog: str, argv=None) -> int:
+    """Run main(argv); known failures become `prog: error: ...` on stderr and an exit code
+    (2 for bad input or missing data, 1 for a diverged run, 130 for Ctrl-C)."""
+    try:
+        return main(argv)
+    except (UsageError, CheckpointError, DataUnavailable) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,93 @@
+"""Early exit: stop inference before T steps (Kim & Panda 2021, Sec. 4.3 "Early exit").
+
+The readout accumulates over time, so the prediction after t steps is the average readout of
+steps 1..t, and one forward pass over T steps gives the prediction of every prefix. Two rules
+decide where to stop:
+
+- the paper's gamma rule: BNTT's learned gamma_t shrinks at late steps; inference stops at the
+  first step t at which the mean gamma of every BNTT layer is below a threshold alpha (it runs
+  steps 1..t), or runs all T steps if that never happens;
+- a per-sample rule (not in the paper): each sample stops at the first step at which the
+  softmax margin (top-1 minus top-2 probability) of its prediction so far reaches a threshold.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def cumulative_logits(model, spikes: torch.Tensor) -> torch.Tensor:
+    """Input spike train [T, B, ...] -> logits after each prefix, [T, B, classes]: entry t-1 is
+    what the same network run for t steps returns."""
+    currents = model.readout_currents(spikes)
+    currents = currents.to(torch.promote_types(currents.dtype, torch.float32))
+    steps = torch.arange(1, spikes.shape[0] + 1, device=currents.device, dtype=currents.dtype)
+    return currents.cumsum(0) / steps.view(-1, 1, 1)
+
+
+@dataclass
+class GammaStats:
+    """Per BNTT layer (bottom to top) and time step: mean, std, min, max of gamma, [L, T] each."""
+    layers: list
+    mean: torch.Tensor
+    std: torch.Tensor
+    min: torch.Tensor
+    max: torch.Tensor
+
+
+def gamma_statistics(model) -> GammaStats:
+    names, gammas = zip(*[(name, bn.weight.detach().float().cpu()) for name, bn in model.bntt_layers()])
+    return GammaStats(list(names), torch.stack([g.mean(1) for g in gammas]),
+                      torch.stack([g.std(1) for g in gammas]),
+                      torch.stack([g.min(1).values for g in gammas]),
+                      torch.stack([g.max(1).values for g in gammas]))
+
+
+def check_threshold(alpha: float, name: str = "exit threshold") -> float:
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"{name} must be a positive number, got {alpha!r}")
+    return float(alpha)
+
+
+def gamma_exit_step(gamma_mean: torch.Tensor, alpha: float) -> int:
+    """First step t (1-based) at which every layer's mean gamma is below alpha (strictly); the
+    number of steps T if there is none. gamma_mean is [layers, T]."""
+    check_threshold(alpha)
+    below = (gamma_mean < alpha).all(dim=0)
+    hits = torch.nonzero(below)
+    return int(hits[0]) + 1 if len(hits) else gamma_mean.shape[1]
+
+
+def softmax_margin(logits: torch.Tensor) -> torch.Tensor:
+    """Top-1 minus top-2 softmax probability along the last dimension."""
+    top2 = logits.softmax(-1).topk(2, dim=-1).values
+    return top2[..., 0] - top2[..., 1]
+
+
+def sample_exit(margins: torch.Tensor, correct: torch.Tensor, threshold: float) -> tuple[float, float]:
+    """Per-sample exit from margins [T, N] and per-step correctness [T, N] (bool): each sample
+    stops at its first step with margin >= threshold, or at T. Returns (top-1 %, mean steps)."""
+    check_threshold(threshold, "confidence threshold")
+    confident = margins >= threshold
+    last = torch.full_like(confident[0], margins.shape[0] - 1, dtype=torch.long)
+    first = torch.where(confident.any(0), confident.float().argmax(0), last)  # 0-based step
+    hit = correct.gather(0, first.view(1, -1)).squeeze(0)
+    return 100.0 * hit.float().mean().item(), (first + 1).float().mean().item()
+
+
+def truncate_steps(model, steps: int):
+    """A copy of `model` that runs only the first `steps` time steps (its BNTT layers keep the
+    first `steps` gammas and running statistics): the network an early exit deploys."""
+    if not 1 <= steps <= model.num_steps:
+        raise ValueError(f"steps must be in 1..{model.num_steps}, got {steps}")
+    short = copy.deepcopy(model)
+    short.num_steps = steps
+    for _, bn in short.bntt_layers():
+        bn.num_steps = steps
+        bn.weight = torch.nn.Parameter(bn.weight.detach()[:steps].clone())
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            setattr(bn, name, getattr(bn, name)[:steps].clone())
+    return short
