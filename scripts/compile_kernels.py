@@ -37,7 +37,7 @@ def signature(kernel, constants, dtype):
         elif name in DATA_POINTERS:
             sig[name] = f"*{dtype}"
         elif name.endswith("_ptr"):
-            sig[name] = "*fp32"
+            sig[name] = "*fp64" if dtype == "fp64" else "*fp32"
         elif name in ("leak", "threshold"):
             sig[name] = "fp32"
         else:
@@ -57,8 +57,8 @@ def ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
     return max(regs, default=-1), max(spills, default=0)
 
 
-def kernels(steps: int):
-    acc = tl.float32
+def kernels(steps: int, dtype: str = "bf16"):
+    acc = tl.float64 if dtype == "fp64" else tl.float32
     yield fused._stats_kernel, {"BLOCK_R": 64, "BLOCK_C": 64, "ACC": acc}, 4
     yield fused._forward_kernel, {"T": steps, "BLOCK_R": 16, "BLOCK_C": 64, "ACC": acc}, 4
     for write_dz in (False, True):
@@ -70,10 +70,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100")
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp64"])
     args = parser.parse_args(argv)
     print(f"{'kernel':<18} {'constants':<56} {'regs':>5} {'spill B':>8} {'seconds':>8}")
-    for kernel, constants, warps in kernels(args.steps):
+    for kernel, constants, warps in kernels(args.steps, args.dtype):
         started = time.perf_counter()
         source = triton.compiler.ASTSource(fn=kernel, signature=signature(kernel, constants, args.dtype),
                                            constexprs=constants)
