@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from bntt import fused as fused_kernels
+from bntt.compact import spike_conv
 
 ENGINES = ("auto", "reference", "multistep", "fused")
 
@@ -51,17 +52,32 @@ def bntt_lif(z: torch.Tensor, bntt, neuron) -> torch.Tensor:
 
 
 def run_multistep(model, spikes: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    """With fused=True: channels-last maps, the fused BNTT + LIF kernels, and convolutions that
+    keep their spike input for the backward as int8 (bntt/compact.py)."""
     steps, batch = spikes.shape[:2]
     x = spikes.flatten(0, 1)
     if fused and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     layer = fused_kernels.bntt_lif if fused else bntt_lif
+    scale = 1  # x * scale is integral: spikes (1), or k x k average-pooled spikes (k * k)
     for synapse, bntt, pool in model.spiking_layers():
-        z = synapse(_synapse_input(x, synapse))
+        if fused and scale and isinstance(synapse, nn.Conv2d):
+            z = spike_conv(synapse, x, scale)
+        else:
+            z = synapse(_synapse_input(x, synapse))
         x = layer(z.unflatten(0, (steps, batch)), bntt, model.neuron).flatten(0, 1)
         if pool is not None:
             x = pool(x)
+        scale = _spike_scale(pool)
     return model.readout(x).unflatten(0, (steps, batch))
+
+
+def _spike_scale(pool) -> int | None:
+    """What the spike map after `pool` must be multiplied by to be integral (None: unknown)."""
+    if pool is None:
+        return 1
+    k = pool.kernel_size if isinstance(pool, nn.AvgPool2d) else None
+    return k * k if isinstance(k, int) and pool.stride in (k, (k, k)) and k * k <= 127 else None
 
 
 def resolve(engine: str, spikes: torch.Tensor) -> str:
