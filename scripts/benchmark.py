@@ -14,21 +14,17 @@ import json
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import make_eval_step, make_model, make_step  # noqa: E402
 from bntt import engines  # noqa: E402
-from model import build_model  # noqa: E402
 
-SETTINGS = {  # the paper's two commands (SPEC.md): arch, T, batch, classes, leak
-    "vgg9": ("vgg9", 25, 256, 10, 0.95),
-    "vgg11": ("vgg11", 30, 128, 100, 0.99),
-}
-QUICK = {"vgg9": ("vgg9", 2, 8, 10, 0.95), "vgg11": ("vgg11", 2, 4, 100, 0.99)}
+SETTINGS = {"vgg9": ("vgg9", 25, 256), "vgg11": ("vgg11", 30, 128)}  # the paper's: arch, T, batch
+QUICK = {"vgg9": ("vgg9", 2, 8), "vgg11": ("vgg11", 2, 4)}
 # The authors' code on one H100 (SPEC.md): train img/s, peak GiB, eval img/s.
 AUTHORS_H100 = {"vgg9": (802, 19.4, 1602), "vgg11": (431, 8.9, 1516)}
 
@@ -50,34 +46,12 @@ class Timer:
         return time.perf_counter() - started
 
 
-def measure(setting, engine, device, amp, warmup, iters, img_size=32):
-    arch, steps, batch, classes, leak = setting
-    torch.manual_seed(0)
-    model = build_model(arch, num_steps=steps, leak_mem=leak, img_size=img_size, num_cls=classes,
-                        engine=engine).to(device)
-    if device.type == "cuda" and engine in ("auto", "fused"):
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    images = torch.randn(batch, 3, img_size, img_size, device=device)
-    labels = torch.randint(0, classes, (batch,), device=device)
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-                if amp else nullcontext())
+def measure(setting, engine, device, amp, warmup, iters):
+    arch, steps, batch = setting
+    model = make_model(arch, steps, engine, device)
+    train_step = make_step(arch, steps, batch, engine, device, amp, model=model)
+    eval_step = make_eval_step(model, batch, device, amp)
     timer = Timer(device)
-
-    def train_step():
-        with autocast:
-            out = model(images)
-        loss = F.cross_entropy(out.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    @torch.no_grad()
-    def eval_step():
-        with autocast:
-            model(images)
-
-    model.train()
     for _ in range(warmup):
         train_step()
     if device.type == "cuda":
@@ -85,12 +59,12 @@ def measure(setting, engine, device, amp, warmup, iters, img_size=32):
         torch.cuda.reset_peak_memory_stats(device)
     train_times = [timer(train_step) for _ in range(iters)]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    model.eval()
     for _ in range(warmup):
         eval_step()
     eval_times = [timer(eval_step) for _ in range(iters)]
     train_s, eval_s = statistics.median(train_times), statistics.median(eval_times)
-    return {"arch": arch, "num_steps": steps, "batch": batch, "engine": engines.resolve(engine, images),
+    probe = torch.empty(0, device=device)
+    return {"arch": arch, "num_steps": steps, "batch": batch, "engine": engines.resolve(engine, probe),
             "amp": amp, "train_img_s": batch / train_s, "eval_img_s": batch / eval_s,
             "peak_gib": peak, "train_ms": 1000 * train_s, "eval_ms": 1000 * eval_s,
             "train_spread_ms": 1000 * (max(train_times) - min(train_times))}
