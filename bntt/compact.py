@@ -38,7 +38,8 @@ class SpikeConv2d(torch.autograd.Function):
 
 def spike_conv(conv: nn.Conv2d, x: torch.Tensor, scale: int) -> torch.Tensor:
     """conv(x) for a spike map x whose values times `scale` are integers in [-128, 127]."""
-    if conv.bias is not None or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        return conv(x)
+    if (not torch.is_grad_enabled() or conv.bias is not None or conv.padding_mode != "zeros"
+            or isinstance(conv.padding, str)):
+        return conv(x)  # nothing to save (inference), or a conv this function does not cover
     return SpikeConv2d.apply(x, conv.weight, scale, conv.stride, conv.padding, conv.dilation,
                              conv.groups)
