@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read options from a TOML file; command-line flags override it")
     for name, (kind, default, text) in OPTIONS.items():
         shown = f" (default: {default})" if default not in ("", False) else ""
-        if kind is bool:
-            parser.add_argument(f"--{name}", action="store_true", help=text + shown)
+        if kind is bool:  # --amp / --no-amp, so a flag can undo a config file's `amp = true`
+            parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, help=text)
         else:
             parser.add_argument(f"--{name}", type=kind, help=text + shown)
     return parser

@@ -91,10 +91,12 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
 
 def test_config_file_and_command_line_precedence(tmp_path):
     cfg_file = tmp_path / "c.toml"
-    cfg_file.write_text('arch = "vgg9"\nlr = 0.3\nbatch_size = 64\nnum_steps = 5\n')
+    cfg_file.write_text('arch = "vgg9"\nlr = 0.3\nbatch_size = 64\nnum_steps = 5\namp = true\n')
     cfg, _ = train.resolve_config(["--config", str(cfg_file), "--lr", "0.2"])
     assert (cfg["arch"], cfg["lr"], cfg["batch_size"], cfg["num_steps"]) == ("vgg9", 0.2, 64, 5)
-    assert cfg["leak_mem"] == 0.99  # untouched: the authors' default
+    assert cfg["leak_mem"] == 0.99 and cfg["amp"] is True  # leak: the authors' default
+    cfg, _ = train.resolve_config(["--config", str(cfg_file), "--no-amp"])
+    assert cfg["amp"] is False
 
 
 @pytest.mark.parametrize("name,expected", [
