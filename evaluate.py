@@ -17,16 +17,15 @@ import csv
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from bntt import early_exit
-from bntt.checkpoint import describe_state, load_checkpoint, load_model_state, model_state
+from bntt.checkpoint import (describe_state, load_checkpoint, load_model_state, model_state,
+                             write_atomic)
 from bntt.cli import UsageError, autocast, pick_device, run_cli
 from bntt.data import DATASETS, dataset_info, make_datasets, make_test_loader
 from bntt.engines import ENGINES
@@ -158,18 +157,6 @@ def print_report(report: dict, layers: list) -> None:
         print(f"{row['threshold']:>9g} {row['top1']:>7.2f} {row['mean_steps']:>10.2f}")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def csv_bytes(rows: list) -> bytes:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -180,10 +167,14 @@ def csv_bytes(rows: list) -> bytes:
 
 def write_outputs(report: dict, layers: list, out_dir: Path, plots: bool) -> list:
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "early_exit.json", (json.dumps(report, indent=2) + "\n").encode())
-    write_atomic(out_dir / "accuracy_per_step.csv", csv_bytes(report["per_step"]))
-    write_atomic(out_dir / "gamma.csv", csv_bytes(report["gamma"]))
-    write_atomic(out_dir / "sample_exit.csv", csv_bytes(report["sample_exit"]))
+    files = {
+        "early_exit.json": (json.dumps(report, indent=2) + "\n").encode(),
+        "accuracy_per_step.csv": csv_bytes(report["per_step"]),
+        "gamma.csv": csv_bytes(report["gamma"]),
+        "sample_exit.csv": csv_bytes(report["sample_exit"]),
+    }
+    for name, data in files.items():
+        write_atomic(out_dir / name, lambda f, data=data: f.write(data))
 
     from torch.utils.tensorboard import SummaryWriter
     with SummaryWriter(str(out_dir)) as writer:
@@ -195,7 +186,7 @@ def write_outputs(report: dict, layers: list, out_dir: Path, plots: bool) -> lis
             writer.add_scalar("early_exit/sample_exit_top1", row["top1"], i)
             writer.add_scalar("early_exit/sample_exit_mean_steps", row["mean_steps"], i)
         writer.add_text("early_exit/summary", json.dumps(report["gamma_exit"]))
-    written = ["early_exit.json", "accuracy_per_step.csv", "gamma.csv", "sample_exit.csv"]
+    written = list(files)
     if plots:
         written += plot(report, layers, out_dir)
     return written

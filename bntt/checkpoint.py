@@ -21,14 +21,22 @@ class CheckpointError(Exception):
     """A checkpoint is missing, unreadable, or does not fit the model; the message says which."""
 
 
-def save_atomic(obj, path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a reader (or a resumed
-    run after a kill) sees either the old file or the new one, never half of one."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path, write) -> None:
+    """Call write(f) on a temporary binary file in the same folder, then rename it to `path`: a
+    reader (or a resumed run after a kill) sees either the old file or the new one, never half
+    of one. The file gets the permissions a plain open() would give (mkstemp's are 0600)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -36,6 +44,11 @@ def save_atomic(obj, path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_atomic(obj, path) -> None:
+    """torch.save `obj` to `path` atomically (see write_atomic)."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
