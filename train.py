@@ -191,7 +191,8 @@ def train_epoch(model, loader, optimizer, criterion, device, amp, desc) -> dict:
         top1_m.update(100.0 * c1 / n, n)
         top5_m.update(100.0 * c5 / n, n)
         bar.set_postfix(loss=f"{loss_m.avg:.4f}", top1=f"{top1_m.avg:.2f}")
-    return {"train_loss": loss_m.avg, "train_top1": top1_m.avg, "train_top5": top5_m.avg}
+    return {"train_loss": loss_m.avg, "train_top1": top1_m.avg, "train_top5": top5_m.avg,
+            "train_images": loss_m.count}
 
 
 @torch.no_grad()
@@ -320,6 +321,7 @@ def train_epochs(cfg, model, optimizer, criterion, train_loader, test_loader, de
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         row["epoch_seconds"] = time.perf_counter() - started
+        row["train_img_s"] = row["train_images"] / row["epoch_seconds"]  # data loading included
         last_epoch = epoch + 1 == cfg["num_epochs"]
         if (epoch + 1) % cfg["test_display_freq"] == 0 or last_epoch:
             last_eval = evaluate(model, test_loader, criterion, device, cfg["amp"],
@@ -338,6 +340,7 @@ def train_epochs(cfg, model, optimizer, criterion, train_loader, test_loader, de
                 writer.add_scalar(f"{split}/{metric}", row[key], epoch + 1)
         writer.add_scalar("lr", lr, epoch + 1)
         writer.add_scalar("time/epoch_seconds", row["epoch_seconds"], epoch + 1)
+        writer.add_scalar("time/train_img_s", row["train_img_s"], epoch + 1)
         log_gammas(writer, model, epoch + 1)
         writer.flush()
         with open(metrics_path, "a") as f:  # before the checkpoint: see read_metrics on resume

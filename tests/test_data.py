@@ -75,6 +75,54 @@ def test_transforms_normalise_and_augment(tmp_path):
     assert not all(torch.equal(crops[0], crops[i]) for i in range(1, 20))
 
 
+class PerSample(torch.utils.data.Dataset):
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images[:40], labels[:40], transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_batched_samples_equal_torchvision_pipeline(channels):
+    """Same random draws, same float32 numbers as torchvision's per-sample v2 recipe, for
+    single samples, batches through a DataLoader and a Subset (train_samples)."""
+    from torchvision.transforms import v2
+    mean, std = data.CIFAR_MEAN[:channels], data.CIFAR_STD[:channels]
+    gen = torch.Generator().manual_seed(channels)
+    images = torch.randint(0, 256, (64, channels, 32, 32), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 10, (64,), generator=gen)
+    to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    reference = {True: v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), *to_float]),
+                 False: v2.Compose(to_float)}
+    outputs = {}
+    for augment in (True, False):
+        dataset = data.ImageDataset(images, labels, mean, std, augment=augment)
+        torch.manual_seed(7)
+        expected = torch.stack([reference[augment](images[i]) for i in range(64)])
+        torch.manual_seed(7)
+        assert torch.equal(torch.stack([dataset[i][0] for i in range(64)]), expected)
+        # through a DataLoader (which draws its workers' base seed first) against the
+        # per-sample torchvision dataset this class replaces
+        torch.manual_seed(7)
+        old = list(torch.utils.data.DataLoader(PerSample(images, labels, reference[augment]),
+                                               batch_size=16, shuffle=True))
+        torch.manual_seed(7)
+        subset = torch.utils.data.Subset(dataset, range(40))
+        batches = list(torch.utils.data.DataLoader(subset, batch_size=16, shuffle=True))
+        assert [len(y) for _, y in batches] == [16, 16, 8]
+        for (x, y), (x_old, y_old) in zip(batches, old):
+            assert torch.equal(x, x_old) and torch.equal(y, y_old)
+        assert batches[0][0].dtype == torch.float32 and batches[0][1].dtype == torch.int64
+        outputs[augment] = expected
+    # the augmentation did move pixels: most crops are shifted or flipped
+    moved = (outputs[True] != outputs[False]).flatten(1).any(dim=1)
+    assert moved.float().mean() > 0.8
+
+
 def test_missing_dataset_offline_says_where_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv(data.OFFLINE_ENV, "1")
     target = tmp_path / "absent"

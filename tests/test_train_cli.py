@@ -38,6 +38,8 @@ def test_short_training_lowers_the_loss_and_writes_checkpoints(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert rows[0]["test_images"] == 70  # the whole (sub)set is scored, no partial batch dropped
+    assert [r["train_images"] for r in rows] == [128] * 3  # 4 full batches of 32
+    assert rows[0]["train_img_s"] == pytest.approx(128 / rows[0]["epoch_seconds"])
     assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.01])
     ckpt = torch.load(run_dir / "last.pt", weights_only=True)
     assert ckpt["global_step"] == ckpt["epoch"] == 3
@@ -49,7 +51,7 @@ def test_short_training_lowers_the_loss_and_writes_checkpoints(tmp_path):
     events = EventAccumulator(str(run_dir)).Reload()
     scalars, histograms = events.Tags()["scalars"], events.Tags()["histograms"]
     for tag in ("train/loss", "train/top1", "train/top5", "test/loss", "test/top1", "test/top5",
-                "lr", "time/epoch_seconds"):
+                "lr", "time/epoch_seconds", "time/train_img_s"):
         assert tag in scalars, tag
     assert [e.value for e in events.Scalars("test/top1")] == pytest.approx([r["test_top1"] for r in rows])
     expected = {f"gamma/{layer}/t{t:02d}" for layer in [f"bntt{i}" for i in range(1, 8)] + ["bntt_fc"]
