@@ -1,0 +1,159 @@
+"""Does an engine or precision change what a network learns? Train the same recipe several
+ways, several seeds each, and compare final test accuracy with the seed-to-seed spread.
+
+    python scripts/accuracy_parity.py --config configs/fashionmnist_vgg9.toml --num_epochs 6 \
+        --run reference:fp32:0 --run fused:bf16:0 --run fused:bf16:1 --run fused:fp32:1 \
+        --out_dir /tmp/parity --json parity.json
+
+Each --run is ENGINE:PRECISION:SEED (precision fp32, or bf16 for autocast). Every run is a
+plain train.py run (--config, --num_epochs and any train.py flags after `--` apply to all) in
+OUT_DIR/ENGINE_PRECISION_seedSEED; a run folder that already holds a checkpoint is resumed, so
+an interrupted comparison continues where it stopped. The summary (final and best top-1 per
+run, mean and sample standard deviation per engine/precision, end-to-end training img/s from
+train.py's epoch times) is printed and written to --json after every run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402
+
+import train  # noqa: E402
+from bntt.checkpoint import write_atomic  # noqa: E402
+
+PRECISIONS = {"fp32": "--no-amp", "bf16": "--amp"}
+
+
+def parse_run(text: str) -> tuple[str, str, int]:
+    parts = text.split(":")
+    if len(parts) != 3 or parts[1] not in PRECISIONS or not parts[2].lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(
+            f"--run {text!r}: expected ENGINE:PRECISION:SEED, e.g. fused:bf16:0 "
+            f"(precision {' or '.join(PRECISIONS)})")
+    return parts[0], parts[1], int(parts[2])
+
+
+def run_name(engine: str, precision: str, seed: int) -> str:
+    return f"{engine}_{precision}_seed{seed}"
+
+
+def train_argv(args, engine: str, precision: str, seed: int) -> list[str]:
+    folder = args.out_dir / run_name(engine, precision, seed)
+    if (folder / "last.pt").exists():
+        return ["--resume", str(folder), *args.overridable]
+    argv = ["--config", str(args.config)] if args.config else []
+    if args.num_epochs:
+        argv += ["--num_epochs", str(args.num_epochs)]
+    return argv + [*args.train_flags, "--engine", engine, PRECISIONS[precision], "--seed", str(seed),
+                   "--out_dir", str(args.out_dir), "--run_name", run_name(engine, precision, seed)]
+
+
+def summarize_run(folder: Path) -> dict:
+    """Final and best test top-1 and the end-to-end training speed, from metrics.jsonl."""
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
+    tested = [r for r in rows if "test_top1" in r]
+    seconds = sum(r["epoch_seconds"] for r in rows)
+    images = sum(r["train_images"] for r in rows)
+    return {"epochs": len(rows), "final_top1": tested[-1]["test_top1"] if tested else None,
+            "best_top1": max(r["test_top1"] for r in tested) if tested else None,
+            "test_images": tested[-1]["test_images"] if tested else None,
+            "train_seconds": seconds, "train_img_s": images / seconds if seconds else None,
+            "curve": [[r["epoch"], r.get("test_top1")] for r in rows]}
+
+
+def group_stats(runs: list[dict]) -> list[dict]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["engine"], r["precision"]), []).append(r)
+    out = []
+    for (engine, precision), members in groups.items():
+        finals = [m["final_top1"] for m in members if m["final_top1"] is not None]
+        speeds = [m["train_img_s"] for m in members if m["train_img_s"]]
+        out.append({"engine": engine, "precision": precision, "runs": len(finals),
+                    "mean_top1": statistics.fmean(finals) if finals else None,
+                    "std_top1": statistics.stdev(finals) if len(finals) > 1 else None,
+                    "train_img_s": statistics.median(speeds) if speeds else None})
+    return out
+
+
+def print_table(runs: list[dict], groups: list[dict]) -> None:
+    print(f"\n{'run':<28} {'epochs':>6} {'final top-1':>12} {'best top-1':>11} {'train img/s':>12}")
+    for r in runs:
+        final = f"{r['final_top1']:.2f}" if r["final_top1"] is not None else "-"
+        best = f"{r['best_top1']:.2f}" if r["best_top1"] is not None else "-"
+        speed = f"{r['train_img_s']:.0f}" if r["train_img_s"] else "-"
+        print(f"{r['name']:<28} {r['epochs']:>6} {final:>12} {best:>11} {speed:>12}")
+    print(f"\n{'engine / precision':<28} {'runs':>6} {'mean top-1':>12} {'std':>11}")
+    for g in groups:
+        mean = f"{g['mean_top1']:.2f}" if g["mean_top1"] is not None else "-"
+        std = f"{g['std_top1']:.2f}" if g["std_top1"] is not None else "-"
+        print(f"{g['engine'] + ' ' + g['precision']:<28} {g['runs']:>6} {mean:>12} {std:>11}")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    train_flags = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     usage="%(prog)s [options] [-- train.py flags]")
+    parser.add_argument("--run", dest="runs", action="append", type=parse_run, required=True,
+                        metavar="ENGINE:PRECISION:SEED", help="one training run (repeat the flag)")
+    parser.add_argument("--config", type=Path, help="train.py config file for every run")
+    parser.add_argument("--num_epochs", type=int, default=0, help="override the config's epochs")
+    parser.add_argument("--out_dir", type=Path, default=Path("runs/parity"),
+                        help="parent of the run folders (default: runs/parity)")
+    parser.add_argument("--json", type=Path, help="write the summary here after every run")
+    args = parser.parse_args(argv)
+    args.train_flags = train_flags
+    on_cuda = torch.cuda.is_available() and _value_of(train_flags, "device") not in ("cpu",)
+    if any(precision == "bf16" for _, precision, _ in args.runs) and not on_cuda:
+        parser.error("bf16 runs need a CUDA device: train.py's --amp autocasts on CUDA only")
+    args.overridable = _with_values(train_flags, train.RESUME_OVERRIDABLE)  # allowed on --resume
+
+    runs = []
+    for engine, precision, seed in args.runs:
+        folder = args.out_dir / run_name(engine, precision, seed)
+        print(f"== {run_name(engine, precision, seed)}", flush=True)
+        code = train.cli(train_argv(args, engine, precision, seed))
+        if code != 0:
+            return code
+        runs.append({"name": run_name(engine, precision, seed), "engine": engine,
+                     "precision": precision, "seed": seed, **summarize_run(folder)})
+        groups = group_stats(runs)
+        if args.json:
+            payload = json.dumps({"runs": runs, "groups": groups}, indent=2) + "\n"
+            write_atomic(args.json, lambda f: f.write(payload.encode()))
+    print_table(runs, groups)
+    return 0
+
+
+def _value_of(flags: list[str], name: str) -> str | None:
+    for i, flag in enumerate(flags):
+        if flag == f"--{name}" and i + 1 < len(flags):
+            return flags[i + 1]
+        if flag.startswith(f"--{name}="):
+            return flag.split("=", 1)[1]
+    return None
+
+
+def _with_values(flags: list[str], names) -> list[str]:
+    """The flags (with their values) among `flags` whose names are in `names`."""
+    kept, i = [], 0
+    while i < len(flags):
+        name = flags[i].lstrip("-").split("=")[0]
+        takes_value = "=" not in flags[i] and i + 1 < len(flags) and not flags[i + 1].startswith("--")
+        chunk = flags[i:i + 2] if takes_value else flags[i:i + 1]
+        if name in names or name.removeprefix("no-") in names:
+            kept += chunk
+        i += len(chunk)
+    return kept
+
+
+if __name__ == "__main__":
+    sys.exit(main())
