@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bntt.coding import poisson_spikes
-from helpers import small_model
+from helpers import needs_triton_interpreter, small_model
 
 RELATIVE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -31,7 +31,7 @@ def run(model, spikes, weights):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("steps", [1, 4, 7])
 @pytest.mark.parametrize("arch", ["vgg9", "vgg11"])
-@pytest.mark.parametrize("engine", ["multistep", "fused"])
+@pytest.mark.parametrize("engine", ["multistep", pytest.param("fused", marks=needs_triton_interpreter)])
 def test_engine_equals_reference(engine, arch, steps, training, dtype):
     reference = small_model(arch, steps, dtype, engine="reference").train(training)
     multistep = copy.deepcopy(reference)

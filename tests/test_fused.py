@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bntt import BNTT, LIFNeuron, fused
+from helpers import needs_triton_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(fused.triton is None, reason="Triton is not installed")
@@ -43,6 +44,7 @@ def run_both(z, bn, neuron, grad_seed=1):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape,layout", [((4, 6, 5, 3, 3), "nchw"), ((4, 6, 5, 3, 3), "channels_last"),
                                           ((3, 8, 20), "fc"), ((1, 5, 7, 2, 2), "nchw")])
+@needs_triton_interpreter
 def test_fused_equals_library_composition(shape, layout, training, dtype, rel):
     g = torch.Generator().manual_seed(sum(shape))
     z = torch.randn(shape, dtype=dtype, generator=g) * 2 + 0.5
@@ -62,6 +64,7 @@ def test_fused_equals_library_composition(shape, layout, training, dtype, rel):
     assert torch.equal(bn_f.num_batches_tracked, bn_r.num_batches_tracked)
 
 
+@needs_triton_interpreter
 def test_batch_statistics_survive_a_large_mean():
     # float32 data with mean 1e4 and spread 1: a sum-of-squares variance keeps no correct digit
     g = torch.Generator().manual_seed(0)
