@@ -35,12 +35,15 @@ parity() {  # engine precision seeds...
 
 case "$phase" in
 kernels)
-    {
-        python3 scripts/check_fused.py --json "$OUT/check.json"
-        python3 scripts/benchmark.py --json "$OUT/bench_fp32.json"
-        python3 scripts/benchmark.py --amp --json "$OUT/bench_amp.json"
-        python3 scripts/profile_step.py --trace "$OUT/vgg9_trace.json"
-    } 2>&1 | tee "$OUT/kernels.log"
+    # each step runs even if one before it failed: one call should bring back all it can
+    for step in "scripts/check_fused.py --json $OUT/check.json" \
+                "scripts/benchmark.py --json $OUT/bench_fp32.json" \
+                "scripts/benchmark.py --amp --json $OUT/bench_amp.json" \
+                "scripts/profile_step.py --trace $OUT/vgg9_trace.json"; do
+        echo "== python3 $step"
+        python3 $step || echo "FAILED: python3 $step"
+    done 2>&1 | tee "$OUT/kernels.log"
+    if grep -q "^FAILED" "$OUT/kernels.log"; then exit 1; fi
     ;;
 reference) parity reference fp32 ${SEEDS:-0} ;;
 bf16) parity fused bf16 ${SEEDS:-0 1 2} ;;
