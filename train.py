@@ -255,6 +255,10 @@ def main(argv=None) -> int:
     model = build_model(cfg["arch"], num_steps=cfg["num_steps"], leak_mem=cfg["leak_mem"],
                         img_size=info.img_size, num_cls=info.num_cls,
                         in_channels=info.in_channels, engine=cfg["engine"]).to(device)
+    try:  # before anything is written: an engine this machine cannot run stops the run here
+        engine_name = resolve_engine(cfg["engine"], torch.empty(0, device=device))
+    except RuntimeError as err:
+        raise UsageError(f"--engine {cfg['engine']}: {err}") from None
     if device.type == "cuda" and cfg["engine"] in ("auto", "fused"):
         model = model.to(memory_format=torch.channels_last)  # what the fused engine feeds cuDNN
     criterion = nn.CrossEntropyLoss()
@@ -281,7 +285,7 @@ def main(argv=None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     tqdm.write(f"{cfg['arch']} on {cfg['dataset']} ({len(train_set)} train / {len(test_set)} test "
                f"images), T={cfg['num_steps']}, {n_params:,} parameters, {device}, "
-               f"engine {resolve_engine(cfg['engine'], torch.empty(0, device=device))}"
+               f"engine {engine_name}"
                f"{', bf16 autocast' if cfg['amp'] and device.type == 'cuda' else ''}"
                f"{f', resuming after epoch {start_epoch}' if start_epoch else ''}")
     epochs = tqdm(range(start_epoch, cfg["num_epochs"]), desc="epochs", initial=start_epoch,

@@ -10,7 +10,9 @@ plain train.py run (--config, --num_epochs and any train.py flags after `--` app
 OUT_DIR/ENGINE_PRECISION_seedSEED; a run folder that already holds a checkpoint is resumed, so
 an interrupted comparison continues where it stopped. The summary (final and best top-1 per
 run, mean and sample standard deviation per engine/precision, end-to-end training img/s from
-train.py's epoch times) is printed and written to --json after every run.
+train.py's epoch times) is printed and written to --json after every run. With --report nothing
+is trained: the runs found in OUT_DIR (finished or not) are summarized, e.g. after several
+comparisons ran side by side or one was stopped.
 """
 from __future__ import annotations
 
@@ -109,7 +111,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out_dir", type=Path, default=Path("runs/parity"),
                         help="parent of the run folders (default: runs/parity)")
     parser.add_argument("--json", type=Path, help="write the summary here after every run")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: summarize the run folders that exist")
     args = parser.parse_args(argv)
+    if args.report:
+        return report(args)
     args.train_flags = train_flags
     on_cuda = torch.cuda.is_available() and _value_of(train_flags, "device") not in ("cpu",)
     if any(precision == "bf16" for _, precision, _ in args.runs) and not on_cuda:
@@ -118,19 +124,39 @@ def main(argv=None) -> int:
 
     runs = []
     for engine, precision, seed in args.runs:
-        folder = args.out_dir / run_name(engine, precision, seed)
         print(f"== {run_name(engine, precision, seed)}", flush=True)
         code = train.cli(train_argv(args, engine, precision, seed))
         if code != 0:
             return code
-        runs.append({"name": run_name(engine, precision, seed), "engine": engine,
-                     "precision": precision, "seed": seed, **summarize_run(folder)})
-        groups = group_stats(runs)
-        if args.json:
-            payload = json.dumps({"runs": runs, "groups": groups}, indent=2) + "\n"
-            write_atomic(args.json, lambda f: f.write(payload.encode()))
-    print_table(runs, groups)
+        runs.append(run_entry(args.out_dir, engine, precision, seed))
+        write_summary(args.json, runs)
+    print_table(runs, group_stats(runs))
     return 0
+
+
+def report(args) -> int:
+    runs = []
+    for engine, precision, seed in args.runs:
+        folder = args.out_dir / run_name(engine, precision, seed)
+        if (folder / "metrics.jsonl").exists():
+            runs.append(run_entry(args.out_dir, engine, precision, seed))
+        else:
+            print(f"{folder}: no metrics.jsonl, left out")
+    write_summary(args.json, runs)
+    print_table(runs, group_stats(runs))
+    return 0
+
+
+def run_entry(out_dir: Path, engine: str, precision: str, seed: int) -> dict:
+    name = run_name(engine, precision, seed)
+    return {"name": name, "engine": engine, "precision": precision, "seed": seed,
+            **summarize_run(out_dir / name)}
+
+
+def write_summary(path: Path | None, runs: list[dict]) -> None:
+    if path:
+        payload = json.dumps({"runs": runs, "groups": group_stats(runs)}, indent=2) + "\n"
+        write_atomic(path, lambda f: f.write(payload.encode()))
 
 
 def _value_of(flags: list[str], name: str) -> str | None:

@@ -46,6 +46,14 @@ def test_summary_matches_the_runs_and_a_second_call_resumes(tmp_path):
     assert second.stdout.count("nothing to do") == 3
     assert json.loads((tmp_path / "parity.json").read_text())["runs"] == summary["runs"]
 
+    # --report trains nothing: it summarizes the folders there are and names the missing ones
+    report = run([*args[:args.index("--")], "--run", "multistep:fp32:7", "--report",
+                  "--json", str(tmp_path / "report.json")])
+    assert report.returncode == 0, report.stderr
+    assert "multistep_fp32_seed7: no metrics.jsonl, left out" in report.stdout
+    assert not (tmp_path / "runs" / "multistep_fp32_seed7").exists()
+    assert json.loads((tmp_path / "report.json").read_text()) == summary
+
 
 def test_bad_run_spec_is_one_clear_error(tmp_path):
     result = run(["--run", "fused:fp16:0", "--out_dir", str(tmp_path)])

@@ -151,6 +151,16 @@ def test_missing_data_offline_exits_2_and_writes_nothing(tmp_path):
     assert not out.exists() and not (tmp_path / "data").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fused engine runs where CUDA is")
+def test_engine_this_machine_cannot_run_exits_2_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    out = tmp_path / "runs"
+    code, err = cli_error(capsys, [*TINY, "--device", "cpu", "--engine", "fused", "--out_dir", str(out)])
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--engine fused: the fused engine needs a CUDA device" in err
+    assert not out.exists()
+
+
 def test_resume_refuses_another_arch_or_T_and_mismatched_checkpoints(tmp_path, capsys):
     result = run_train([*TINY, "--num_epochs", "1", "--out_dir", str(tmp_path), "--run_name", "r"])
     assert result.returncode == 0, result.stderr
