@@ -14,9 +14,9 @@ which is `LIFNeuron(BNTT(z))` of bntt/ (tests/test_fused.py checks it against th
   derivative of every step in a small per-program scratch slot (it stays in L1/L2), then scans
   backwards:
       g_t = dL/ds_t * surrogate(v_t) + leak * g_{t+1}        (the reset carries no gradient)
-  and applies the BatchNorm backward; a first launch produces the per-(t, c) sums it needs, a
-  second one writes dL/dz. Each program adds into its own slot of partial sums, which the host
-  adds up: no atomics, so results are deterministic.
+  and writes g = dL/dy together with the per-(t, c) sums the BatchNorm backward needs; a second,
+  elementwise launch turns g into dL/dz in place. Each program adds into its own slot of partial
+  sums, which the host adds up: no atomics, so results are deterministic.
 
 Arithmetic runs in float32 (float64 for float64 input); z, the spikes and dL/dz keep z's dtype
 (bf16 under autocast). On a CPU the kernels run under the Triton interpreter
@@ -117,12 +117,14 @@ if triton is not None:
             tl.store(s_ptr + t * step + offs, fired.to(s_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _backward_kernel(z_ptr, gs_ptr, dz_ptr, mean_ptr, scale_ptr, rstd_ptr, a_ptr, b_ptr,
-                         psum_ptr, scratch_ptr, R, C, rows_per_split, leak, threshold,
-                         T: tl.constexpr, WRITE_DZ: tl.constexpr, SURROGATE: tl.constexpr,
-                         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-        """WRITE_DZ=False: per-(t, c) sums of g and g * xhat into psum[2, T, splits, C].
-        WRITE_DZ=True: dz = scale * (g - a - xhat * b) with a, b = those sums / R."""
+    def _backward_scan_kernel(z_ptr, gs_ptr, g_ptr, mean_ptr, scale_ptr, rstd_ptr, psum_ptr,
+                              scratch_ptr, R, C, rows_per_split, leak, threshold,
+                              T: tl.constexpr, TRAINING: tl.constexpr, SUMS: tl.constexpr,
+                              SURROGATE: tl.constexpr,
+                              BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        """g = dL/dy into g_ptr (TRAINING; the BatchNorm backward follows), or dL/dz = scale * g
+        (eval: the statistics are constants); with SUMS, the per-(t, c) sums of g and g * xhat
+        into psum[2, T, splits, C] (this program's split)."""
         cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
         split = tl.program_id(1)
         n_split = tl.num_programs(1)
@@ -136,7 +138,7 @@ if triton is not None:
         scratch = scratch_ptr + program.to(tl.int64) * (T * BLOCK_R * BLOCK_C) + tile
         psum_g = psum_ptr + split * C + cs
         psum_gx = psum_g + T * n_split * C
-        if not WRITE_DZ:
+        if SUMS:
             for t in range(T):
                 tl.store(psum_g + t * n_split * C, tl.zeros([BLOCK_C], ACC), mask=cmask)
                 tl.store(psum_gx + t * n_split * C, tl.zeros([BLOCK_C], ACC), mask=cmask)
@@ -161,23 +163,44 @@ if triton is not None:
                 surrogate = tl.load(scratch + t * (BLOCK_R * BLOCK_C))
                 g = tl.where(mask, gs * surrogate + carry, 0.0)  # dL/dv_t = dL/dy_t
                 carry = leak * g
-                z = tl.load(z_ptr + t * step + offs, mask=mask, other=0.0).to(ACC)
-                mean = tl.load(mean_ptr + t * C + cs, mask=cmask, other=0.0)
-                rstd = tl.load(rstd_ptr + t * C + cs, mask=cmask, other=0.0)
-                xhat = (z - mean[None, :]) * rstd[None, :]
-                if WRITE_DZ:
-                    scale = tl.load(scale_ptr + t * C + cs, mask=cmask, other=0.0)
-                    a = tl.load(a_ptr + t * C + cs, mask=cmask, other=0.0)
-                    b = tl.load(b_ptr + t * C + cs, mask=cmask, other=0.0)
-                    dz = scale[None, :] * (g - a[None, :] - xhat * b[None, :])
-                    tl.store(dz_ptr + t * step + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+                if TRAINING:
+                    tl.store(g_ptr + t * step + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
                 else:
+                    scale = tl.load(scale_ptr + t * C + cs, mask=cmask, other=0.0)
+                    tl.store(g_ptr + t * step + offs, (scale[None, :] * g).to(g_ptr.dtype.element_ty),
+                             mask=mask)
+                if SUMS:
+                    z = tl.load(z_ptr + t * step + offs, mask=mask, other=0.0).to(ACC)
+                    mean = tl.load(mean_ptr + t * C + cs, mask=cmask, other=0.0)
+                    rstd = tl.load(rstd_ptr + t * C + cs, mask=cmask, other=0.0)
+                    xhat = (z - mean[None, :]) * rstd[None, :]
                     at = t * n_split * C
                     tl.store(psum_g + at, tl.load(psum_g + at, mask=cmask) + tl.sum(g, axis=0),
                              mask=cmask)
                     tl.store(psum_gx + at, tl.load(psum_gx + at, mask=cmask) + tl.sum(g * xhat, axis=0),
                              mask=cmask)
             tl.debug_barrier()
+
+    @triton.jit
+    def _batchnorm_grad_kernel(z_ptr, g_ptr, mean_ptr, scale_ptr, rstd_ptr, a_ptr, b_ptr, R, C,
+                               BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        """In place: g -> dz = scale * (g - a - xhat * b), the BatchNorm backward of step t."""
+        t = tl.program_id(2)
+        rs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cs < C
+        mask = (rs < R)[:, None] & cmask[None, :]
+        offs = t.to(tl.int64) * R * C + rs.to(tl.int64)[:, None] * C + cs[None, :]
+        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(ACC)
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
+        mean = tl.load(mean_ptr + t * C + cs, mask=cmask, other=0.0)
+        rstd = tl.load(rstd_ptr + t * C + cs, mask=cmask, other=0.0)
+        scale = tl.load(scale_ptr + t * C + cs, mask=cmask, other=0.0)
+        a = tl.load(a_ptr + t * C + cs, mask=cmask, other=0.0)
+        b = tl.load(b_ptr + t * C + cs, mask=cmask, other=0.0)
+        xhat = (z - mean[None, :]) * rstd[None, :]
+        dz = scale[None, :] * (g - a[None, :] - xhat * b[None, :])
+        tl.store(g_ptr + offs, dz.to(g_ptr.dtype.element_ty), mask=mask)
 
 
 _TL_ACC = {torch.float64: "float64", torch.float32: "float32"}
@@ -263,33 +286,34 @@ class BNTTLIF(torch.autograd.Function):
         training, leak, threshold = ctx.settings
         T, R, C = z.shape
         acc = mean.dtype
+        tl_acc = getattr(tl, _TL_ACC[acc])
         grad_spikes = grad_spikes.contiguous()
         block_r, block_c = _tiles(C, 512, z.device)
         n_split, rows_per_split = _splits(R, block_r, triton.cdiv(C, block_c), z.device)
-
         grid = (triton.cdiv(C, block_c), n_split)
         scratch = torch.empty(grid[0] * grid[1] * T * block_r * block_c, device=z.device, dtype=acc)
-
-        def launch(write_dz, a, b, psum, dz):
-            _backward_kernel[grid](
-                z, grad_spikes, dz, mean, scale, rstd, a, b, psum, scratch, R, C, rows_per_split,
-                leak, threshold, T=T, WRITE_DZ=write_dz, SURROGATE=SURROGATE_SCALE,
-                BLOCK_R=block_r, BLOCK_C=block_c, ACC=getattr(tl, _TL_ACC[acc]))
-
-        zeros = torch.zeros((T, C), device=z.device, dtype=acc)
-        sum_g = sum_gx = zeros
-        if training or ctx.needs_input_grad[1]:
-            psum = torch.empty((2, T, n_split, C), device=z.device, dtype=acc)
-            launch(False, zeros, zeros, psum, z)  # dz_ptr unused
+        sums = training or ctx.needs_input_grad[1]
+        psum = torch.empty((2, T, n_split, C) if sums else (0,), device=z.device, dtype=acc)
+        # dL/dy in training (the BatchNorm backward below turns it into dL/dz in place), or
+        # dL/dz directly in eval mode. In z's dtype: under autocast dL/dz is bf16 anyway.
+        grad_z = torch.empty_like(z)
+        _backward_scan_kernel[grid](
+            z, grad_spikes, grad_z, mean, scale, rstd, psum, scratch, R, C, rows_per_split, leak,
+            threshold, T=T, TRAINING=training, SUMS=sums, SURROGATE=SURROGATE_SCALE, BLOCK_R=block_r,
+            BLOCK_C=block_c, ACC=tl_acc)
+        grad_weight = None
+        if sums:
             sum_g, sum_gx = psum.sum(2)
-        grad_z = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            a, b = (sum_g / R, sum_gx / R) if training else (zeros, zeros)
-            grad_z = torch.empty_like(z)
-            launch(True, a.contiguous(), b.contiguous(), z, grad_z)  # psum_ptr unused
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.zeros_like(weight)
-            grad_weight[:T] = sum_gx.to(weight.dtype)
+            if ctx.needs_input_grad[1]:
+                grad_weight = torch.zeros_like(weight)
+                grad_weight[:T] = sum_gx.to(weight.dtype)
+        if training and ctx.needs_input_grad[0]:
+            block_r, block_c = _tiles(C, 2048, z.device)
+            _batchnorm_grad_kernel[(triton.cdiv(R, block_r), triton.cdiv(C, block_c), T)](
+                z, grad_z, mean, scale, rstd, (sum_g / R).contiguous(), (sum_gx / R).contiguous(),
+                R, C, BLOCK_R=block_r, BLOCK_C=block_c, ACC=tl_acc)
+        if not ctx.needs_input_grad[0]:
+            grad_z = None
         return grad_z, grad_weight, None, None, None, None, None, None, None, None
 
 

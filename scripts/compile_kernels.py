@@ -61,9 +61,11 @@ def kernels(steps: int, dtype: str = "bf16"):
     acc = tl.float64 if dtype == "fp64" else tl.float32
     yield fused._stats_kernel, {"BLOCK_R": 64, "BLOCK_C": 64, "ACC": acc}, 4
     yield fused._forward_kernel, {"T": steps, "BLOCK_R": 16, "BLOCK_C": 64, "ACC": acc}, 4
-    for write_dz in (False, True):
-        yield fused._backward_kernel, {"T": steps, "WRITE_DZ": write_dz, "SURROGATE": SURROGATE_SCALE,
-                                       "BLOCK_R": 8, "BLOCK_C": 64, "ACC": acc}, 4
+    for training in (True, False):
+        yield fused._backward_scan_kernel, {"T": steps, "TRAINING": training, "SUMS": training,
+                                            "SURROGATE": SURROGATE_SCALE, "BLOCK_R": 8,
+                                            "BLOCK_C": 64, "ACC": acc}, 4
+    yield fused._batchnorm_grad_kernel, {"BLOCK_R": 32, "BLOCK_C": 64, "ACC": acc}, 4
 
 
 def main(argv=None):
@@ -72,7 +74,7 @@ def main(argv=None):
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp64"])
     args = parser.parse_args(argv)
-    print(f"{'kernel':<18} {'constants':<56} {'regs':>5} {'spill B':>8} {'seconds':>8}")
+    print(f"{'kernel':<22} {'constants':<56} {'regs':>5} {'spill B':>8} {'seconds':>8}")
     for kernel, constants, warps in kernels(args.steps, args.dtype):
         started = time.perf_counter()
         source = triton.compiler.ASTSource(fn=kernel, signature=signature(kernel, constants, args.dtype),
@@ -81,7 +83,7 @@ def main(argv=None):
                                   options={"num_warps": warps})
         regs, spill = ptxas_report(compiled.asm["ptx"], args.arch)
         shown = ",".join(f"{k}={v}" for k, v in constants.items() if k != "ACC")
-        print(f"{kernel.fn.__name__:<18} {shown:<56} {regs:>5} {spill:>8} "
+        print(f"{kernel.fn.__name__:<22} {shown:<56} {regs:>5} {spill:>8} "
               f"{time.perf_counter() - started:>8.1f}")
 
 
