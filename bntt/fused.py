@@ -37,6 +37,10 @@ except ImportError:  # CPU-only PyTorch builds ship without Triton
     triton = None
 
 MAX_STEPS = 64  # T is a compile-time constant of the kernels; one compilation per T
+# The backward's launch shape (values per tile, resident programs per SM, warps per program):
+# each program keeps a T x tile scratch of surrogate derivatives, so these trade occupancy for
+# scratch that stays in L2. Chosen with scripts/tune_fused.py on an H100 (docs/fast-engine.md).
+BACKWARD_TILE, PROGRAMS_PER_SM, BACKWARD_WARPS = 512, 4, 4
 
 
 def interpreting() -> bool:
@@ -59,8 +63,8 @@ if triton is not None:
         return v, fired, tl.where(fired, v - threshold, v)
 
     @triton.jit
-    def _surrogate(v, threshold, SCALE: tl.constexpr):
-        return SCALE * tl.maximum(1.0 - tl.abs(v / threshold - 1.0), 0.0) / threshold
+    def _surrogate(v, threshold, scale):
+        return scale * tl.maximum(1.0 - tl.abs(v / threshold - 1.0), 0.0) / threshold
 
     @triton.jit
     def _stats_kernel(z_ptr, pmean_ptr, pm2_ptr, R, C, rows_per_split,
@@ -99,7 +103,7 @@ if triton is not None:
         tl.store(pm2_ptr + out, m2, mask=cmask)
 
     @triton.jit
-    def _forward_kernel(z_ptr, s_ptr, mean_ptr, scale_ptr, R, C, leak, threshold,
+    def _forward_kernel(z_ptr, s_ptr, mean_ptr, scale_ptr, neuron_ptr, R, C,
                         T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                         ACC: tl.constexpr):
         rs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -108,6 +112,7 @@ if triton is not None:
         mask = (rs < R)[:, None] & cmask[None, :]
         offs = rs.to(tl.int64)[:, None] * C + cs[None, :]
         step = R.to(tl.int64) * C
+        leak, threshold = tl.load(neuron_ptr), tl.load(neuron_ptr + 1)
         u = tl.zeros([BLOCK_R, BLOCK_C], ACC)
         for t in range(T):
             z = tl.load(z_ptr + t * step + offs, mask=mask, other=0.0).to(ACC)
@@ -118,9 +123,8 @@ if triton is not None:
 
     @triton.jit
     def _backward_scan_kernel(z_ptr, gs_ptr, g_ptr, mean_ptr, scale_ptr, rstd_ptr, psum_ptr,
-                              scratch_ptr, R, C, rows_per_split, leak, threshold,
+                              scratch_ptr, neuron_ptr, R, C, rows_per_split,
                               T: tl.constexpr, TRAINING: tl.constexpr, SUMS: tl.constexpr,
-                              SURROGATE: tl.constexpr,
                               BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
         """g = dL/dy into g_ptr (TRAINING; the BatchNorm backward follows), or dL/dz = scale * g
         (eval: the statistics are constants); with SUMS, the per-(t, c) sums of g and g * xhat
@@ -132,6 +136,8 @@ if triton is not None:
         r_begin = split * rows_per_split
         r_end = tl.minimum(r_begin + rows_per_split, R)
         step = R.to(tl.int64) * C
+        leak, threshold = tl.load(neuron_ptr), tl.load(neuron_ptr + 1)
+        surrogate_scale = tl.load(neuron_ptr + 2)
         # this program's slot of T tiles, for the surrogate derivatives of the forward re-run
         tile = tl.arange(0, BLOCK_R)[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
         program = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
@@ -153,7 +159,7 @@ if triton is not None:
                 mean = tl.load(mean_ptr + t * C + cs, mask=cmask, other=0.0)
                 scale = tl.load(scale_ptr + t * C + cs, mask=cmask, other=0.0)
                 v, fired, u = _lif_update(z, mean[None, :], scale[None, :], u, leak, threshold)
-                tl.store(scratch + t * (BLOCK_R * BLOCK_C), _surrogate(v, threshold, SURROGATE))
+                tl.store(scratch + t * (BLOCK_R * BLOCK_C), _surrogate(v, threshold, surrogate_scale))
             tl.debug_barrier()  # the slot and the partial sums are shared by the program's threads
             # backward in time
             carry = tl.zeros([BLOCK_R, BLOCK_C], ACC)
@@ -223,13 +229,19 @@ def _tiles(C: int, elements: int, device):
 def _splits(rows: int, block_r: int, programs_per_split: int, device) -> tuple[int, int]:
     """How many programs share the rows of a (step, channel block): enough to fill the GPU."""
     if device.type == "cuda":
-        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        target = PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
     else:
         target = 4
     tiles = triton.cdiv(rows, block_r)
     n_split = max(1, min(tiles, target // max(programs_per_split, 1)))
     rows_per_split = triton.cdiv(tiles, n_split) * block_r
     return triton.cdiv(rows, rows_per_split), rows_per_split
+
+
+def _neuron_constants(leak: float, threshold: float, z: torch.Tensor) -> torch.Tensor:
+    # A tensor, not scalar arguments: Triton passes a Python float as float32, which would put
+    # float32 roundings of 0.95 and 0.3 into float64 runs.
+    return torch.tensor([leak, threshold, SURROGATE_SCALE], dtype=_acc_dtype(z.dtype), device=z.device)
 
 
 def batch_stats(z: torch.Tensor):
@@ -274,7 +286,7 @@ class BNTTLIF(torch.autograd.Function):
         spikes = torch.empty_like(z)
         block_r, block_c = _tiles(C, 1024, z.device)
         _forward_kernel[(triton.cdiv(R, block_r), triton.cdiv(C, block_c))](
-            z, spikes, mean.contiguous(), scale.contiguous(), R, C, leak, threshold,
+            z, spikes, mean.contiguous(), scale.contiguous(), _neuron_constants(leak, threshold, z), R, C,
             T=T, BLOCK_R=block_r, BLOCK_C=block_c, ACC=getattr(tl, _TL_ACC[acc]))
         ctx.save_for_backward(z, weight, mean, rstd, scale)
         ctx.settings = (training, leak, threshold)
@@ -288,7 +300,7 @@ class BNTTLIF(torch.autograd.Function):
         acc = mean.dtype
         tl_acc = getattr(tl, _TL_ACC[acc])
         grad_spikes = grad_spikes.contiguous()
-        block_r, block_c = _tiles(C, 512, z.device)
+        block_r, block_c = _tiles(C, BACKWARD_TILE, z.device)
         n_split, rows_per_split = _splits(R, block_r, triton.cdiv(C, block_c), z.device)
         grid = (triton.cdiv(C, block_c), n_split)
         scratch = torch.empty(grid[0] * grid[1] * T * block_r * block_c, device=z.device, dtype=acc)
@@ -298,9 +310,10 @@ class BNTTLIF(torch.autograd.Function):
         # dL/dz directly in eval mode. In z's dtype: under autocast dL/dz is bf16 anyway.
         grad_z = torch.empty_like(z)
         _backward_scan_kernel[grid](
-            z, grad_spikes, grad_z, mean, scale, rstd, psum, scratch, R, C, rows_per_split, leak,
-            threshold, T=T, TRAINING=training, SUMS=sums, SURROGATE=SURROGATE_SCALE, BLOCK_R=block_r,
-            BLOCK_C=block_c, ACC=tl_acc)
+            z, grad_spikes, grad_z, mean, scale, rstd, psum, scratch,
+            _neuron_constants(leak, threshold, z), R, C, rows_per_split,
+            T=T, TRAINING=training, SUMS=sums, BLOCK_R=block_r,
+            BLOCK_C=block_c, ACC=tl_acc, num_warps=BACKWARD_WARPS)
         grad_weight = None
         if sums:
             sum_g, sum_gx = psum.sum(2)

@@ -24,9 +24,8 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from bntt import fused  # noqa: E402
-from bntt.neuron import SURROGATE_SCALE  # noqa: E402
 
-DATA_POINTERS = ("z_ptr", "s_ptr", "gs_ptr", "dz_ptr")
+DATA_POINTERS = ("z_ptr", "s_ptr", "gs_ptr", "g_ptr")
 
 
 def signature(kernel, constants, dtype):
@@ -38,8 +37,6 @@ def signature(kernel, constants, dtype):
             sig[name] = f"*{dtype}"
         elif name.endswith("_ptr"):
             sig[name] = "*fp64" if dtype == "fp64" else "*fp32"
-        elif name in ("leak", "threshold"):
-            sig[name] = "fp32"
         else:
             sig[name] = "i32"
     return sig
@@ -63,8 +60,7 @@ def kernels(steps: int, dtype: str = "bf16"):
     yield fused._forward_kernel, {"T": steps, "BLOCK_R": 16, "BLOCK_C": 64, "ACC": acc}, 4
     for training in (True, False):
         yield fused._backward_scan_kernel, {"T": steps, "TRAINING": training, "SUMS": training,
-                                            "SURROGATE": SURROGATE_SCALE, "BLOCK_R": 8,
-                                            "BLOCK_C": 64, "ACC": acc}, 4
+                                            "BLOCK_R": 8, "BLOCK_C": 64, "ACC": acc}, 4
     yield fused._batchnorm_grad_kernel, {"BLOCK_R": 32, "BLOCK_C": 64, "ACC": acc}, 4
 
 
