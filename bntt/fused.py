@@ -40,7 +40,7 @@ MAX_STEPS = 64  # T is a compile-time constant of the kernels; one compilation p
 # The backward's launch shape (values per tile, resident programs per SM, warps per program):
 # each program keeps a T x tile scratch of surrogate derivatives, so these trade occupancy for
 # scratch that stays in L2. Chosen with scripts/tune_fused.py on an H100 (docs/fast-engine.md).
-BACKWARD_TILE, PROGRAMS_PER_SM, BACKWARD_WARPS = 512, 4, 4
+BACKWARD_TILE, PROGRAMS_PER_SM, BACKWARD_WARPS = 1024, 8, 2
 
 
 def interpreting() -> bool:
