@@ -238,10 +238,21 @@ def _splits(rows: int, block_r: int, programs_per_split: int, device) -> tuple[i
     return triton.cdiv(rows, rows_per_split), rows_per_split
 
 
+_NEURON_CONSTANTS: dict = {}
+
+
 def _neuron_constants(leak: float, threshold: float, z: torch.Tensor) -> torch.Tensor:
-    # A tensor, not scalar arguments: Triton passes a Python float as float32, which would put
-    # float32 roundings of 0.95 and 0.3 into float64 runs.
-    return torch.tensor([leak, threshold, SURROGATE_SCALE], dtype=_acc_dtype(z.dtype), device=z.device)
+    """[leak, threshold, surrogate scale] on z's device, in the accumulation dtype.
+
+    A tensor, not scalar arguments: Triton passes a Python float as float32, which would put
+    float32 roundings of 0.95 and 0.3 into float64 runs. Made once per setting: a host-to-device
+    copy waits for the GPU, and one per kernel launch left the GPU idle between launches.
+    """
+    key = (leak, threshold, _acc_dtype(z.dtype), z.device)
+    if key not in _NEURON_CONSTANTS:
+        _NEURON_CONSTANTS[key] = torch.tensor([leak, threshold, SURROGATE_SCALE], dtype=key[2],
+                                              device=z.device)
+    return _NEURON_CONSTANTS[key]
 
 
 def batch_stats(z: torch.Tensor):
