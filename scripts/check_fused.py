@@ -30,7 +30,9 @@ VGG9_LAYERS = [(64, 32), (64, 32), (128, 16), (128, 16), (256, 8), (256, 8), (25
 
 
 def rel(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-30)).item()
+    # in float64: a float32 cast would round both sides first and report their float32 ulps
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-300)).item()
 
 
 def layer_check(channels, size, steps, batch, dtype, device, iters):
@@ -98,12 +100,14 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="T=3, batch 4 (for the interpreter)")
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--dtypes", nargs="+", default=["float64", "float32", "bfloat16"],
+                        choices=["float64", "float32", "bfloat16"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     steps, batch = (3, 4) if args.quick else (25, 256)
     rows = []
-    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+    for dtype in (getattr(torch, name) for name in args.dtypes):
         if dtype == torch.bfloat16 and device.type != "cuda":
             continue  # the Triton interpreter has no bf16
         n = min(batch, 64) if dtype == torch.float64 else batch  # float64 autograd is large
