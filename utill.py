@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import torch
 
-# The learning rate is divided by 10 after 50%, 70% and 90% of the epochs.
-LR_DECAY_PERCENTS = (50, 70, 90)
-LR_DECAY_FACTOR = 0.1
+from bntt.paper import LR_DECAY_FACTOR, LR_DECAY_PERCENTS
 
 
 def lr_milestones(num_epochs: int) -> list[int]:

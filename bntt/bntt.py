@@ -1,8 +1,16 @@
-"""Batch Normalization Through Time (BNTT), Kim & Panda 2021, Eq. (5)-(6).
+"""Batch Normalization Through Time (BNTT), Kim & Panda 2021: docs/spec.md, Eq. 3-4.
 
-One BatchNorm per time step: step t normalises with the statistics of the batch at step t
-(training) or with its own running statistics (evaluation), and scales by its own gamma_t.
-There is no shift (beta). eps = 1e-4, momentum = 0.1, as in the authors' code.
+One BatchNorm per time step, with its own scale gamma_t and no shift (beta). For the synaptic
+input a_t of step t, per channel c, with n = B*H*W values per channel (n = B for 1d input):
+
+    training (Eq. 3):  mu_t = mean(a_t),  var_t = mean((a_t - mu_t)^2)      (biased)
+                       z_t  = gamma_t * (a_t - mu_t) / sqrt(var_t + eps)
+    running  (Eq. 4):  rmean_t <- (1 - m) * rmean_t + m * mu_t
+                       rvar_t  <- (1 - m) * rvar_t  + m * var_t * n / (n - 1)   (unbiased)
+    evaluation:        z_t  = gamma_t * (a_t - rmean_t) / sqrt(rvar_t + eps)
+
+eps = 1e-4, m = 0.1 (bntt/paper.py), gamma_t = 1, rmean_t = 0, rvar_t = 1 at start. Nothing is
+shared across steps.
 
 Storage is one [T, C] tensor per quantity, so that all steps can be normalised in one
 reduction; the state_dict is written and read in the authors' per-step layout
@@ -15,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bntt.paper import BN_EPS, BN_MOMENTUM
+
 _PER_STEP = ("weight", "running_mean", "running_var", "num_batches_tracked")
 
 
@@ -25,12 +35,13 @@ class BNTT(nn.Module):
     - `bn(x)`: all steps at once; x is [n, B, C, ...] holding steps 0..n-1 (n <= num_steps),
       each normalised with its own statistics, in one reduction.
 
-    Both forms compute exactly what `nn.BatchNorm{1,2}d(C, eps, momentum, affine=True)` with its
-    bias removed computes at each step. The arithmetic runs in the wider of the input's and the
+    Both forms compute docs/spec.md, Eq. 3 (and, in training, update the running statistics by
+    Eq. 4): exactly what `nn.BatchNorm{1,2}d(C, eps, momentum, affine=True)` with its bias
+    removed computes at each step. The arithmetic runs in the wider of the input's and the
     parameters' dtypes, so under bf16 autocast the normalisation stays in float32.
     """
 
-    def __init__(self, num_features: int, num_steps: int, eps: float = 1e-4, momentum: float = 0.1,
+    def __init__(self, num_features: int, num_steps: int, eps: float = BN_EPS, momentum: float = BN_MOMENTUM,
                  device=None, dtype=None):
         super().__init__()
         if num_steps < 1:

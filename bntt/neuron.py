@@ -1,12 +1,11 @@
 """Leaky integrate-and-fire neuron with the BNTT paper's triangular surrogate gradient.
 
-For one layer at step t (SPEC, "Spiking layer"):
+For one layer at step t, with z_t the BNTT output (docs/spec.md, Eq. 5-8):
 
-    v_t = leak * u_{t-1} + z_t                 integrate (u_0 = 0)
-    s_t = 1 if v_t > threshold else 0          fire (strict ">")
-    u_t = v_t - threshold * s_t                soft reset, no gradient through the reset term
-
-and in the backward pass ds/dv = 0.3 * max(0, 1 - |v/threshold - 1|) / threshold.
+    (5) v_t = leak * u_{t-1} + z_t                 integrate (u_0 = 0)
+    (6) s_t = 1 if v_t > threshold else 0          fire (strict ">"; threshold = 1)
+    (7) u_t = v_t - threshold * sg(s_t)            soft reset; sg: no gradient through the reset
+    (8) ds_t/dv_t := 0.3 * max(0, 1 - |v_t/threshold - 1|) / threshold    backward only
 
 This is the only neuron in the project: every spiking layer of every model and both engines
 call `lif_step` (the fused CUDA kernel in `bntt.fused` is checked against it).
@@ -16,11 +15,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-SURROGATE_SCALE = 0.3  # the authors' damping factor of the triangular surrogate
+from bntt.paper import SURROGATE_SCALE, THRESHOLD
 
 
-def surrogate_grad(v: torch.Tensor, threshold: float) -> torch.Tensor:
-    """ds/dv of the triangular surrogate, evaluated at membrane potential v."""
+def surrogate_grad(v: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
+    """ds/dv of the triangular surrogate at membrane potential v (docs/spec.md, Eq. 8):
+
+        ds/dv = 0.3 * max(0, 1 - |v/threshold - 1|) / threshold
+
+    a triangle peaking at v = threshold, zero outside (0, 2 * threshold).
+    """
     # Same operation order as the authors' code (scale, then the triangle, then the 1/threshold
     # of the chain rule through v/threshold), so float32 gradients agree to the last bit.
     return SURROGATE_SCALE * torch.relu(1.0 - (v / threshold - 1.0).abs()) / threshold
@@ -41,7 +45,7 @@ class SurrogateSpike(torch.autograd.Function):
         return grad_spike * surrogate_grad(v, ctx.threshold), None
 
 
-def spike_fn(v: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
+def spike_fn(v: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
     return SurrogateSpike.apply(v, threshold)
 
 
@@ -54,7 +58,7 @@ def membrane_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def lif_step(z: torch.Tensor, u: torch.Tensor | None, leak: float, threshold: float = 1.0):
+def lif_step(z: torch.Tensor, u: torch.Tensor | None, leak: float, threshold: float = THRESHOLD):
     """One time step of the LIF neuron. Returns (spikes in z's dtype, new membrane potential).
 
     `u=None` is the resting state (zeros) at the first step.
@@ -74,7 +78,7 @@ class LIFNeuron(nn.Module):
     and returns the spike train [T, ...].
     """
 
-    def __init__(self, leak: float = 0.95, threshold: float = 1.0):
+    def __init__(self, leak: float = 0.95, threshold: float = THRESHOLD):
         super().__init__()
         if not 0.0 < leak <= 1.0:
             raise ValueError(f"leak must be in (0, 1], got {leak}")

@@ -1,4 +1,4 @@
-"""The equations of ../shared/reference/SPEC.md written out plainly, for the tests only.
+"""The equations of docs/spec.md written out plainly, for the tests only.
 
 Nothing here imports the project's code: it works on a state_dict in the authors' key layout
 (conv{i}.weight, bntt{i}.{t}.weight/running_mean/running_var, fc1.weight, bntt_fc.{t}.*,

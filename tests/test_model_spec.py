@@ -1,5 +1,6 @@
-"""Both models compute the SPEC equations (tests/spec_equations.py) in float64: logits, every
-parameter gradient and the running statistics, in train and eval mode, for both engines."""
+"""Both models compute the equations of docs/spec.md (tests/spec_equations.py) in float64:
+logits, every parameter gradient and the running statistics, in train and eval mode, for both
+engines."""
 import pytest
 import torch
 
