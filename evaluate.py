@@ -2,7 +2,7 @@
 gamma of every BNTT layer at every step, the paper's gamma-threshold exit, and a per-sample
 confidence exit, in one pass over the test set.
 
-    python evaluate.py --checkpoint runs/<run>/best.pt
+    python evaluate.py --checkpoint runs/<run>            # its last.pt; or name a .pt file
     python evaluate.py --checkpoint authors_bestmodel.pth.tar --dataset cifar10 --leak_mem 0.95
 
 Works with checkpoints of train.py and of the authors' train.py (whose files do not record
@@ -24,8 +24,8 @@ import torch
 from tqdm import tqdm
 
 from bntt import early_exit
-from bntt.checkpoint import (describe_state, load_checkpoint, load_model_state, model_state,
-                             write_atomic)
+from bntt.checkpoint import (checkpoint_file, describe_state, load_checkpoint, load_model_state,
+                             model_state, write_atomic)
 from bntt.cli import UsageError, autocast, pick_device, run_cli
 from bntt.data import DATASETS, dataset_info, make_datasets, make_test_loader
 from bntt.engines import ENGINES
@@ -38,7 +38,8 @@ DEFAULT_CONFIDENCES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a .pt file, or a run folder (its best.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .pt file, or a run folder (its last.pt; name best.pt to score that)")
     p.add_argument("--exit_threshold", type=float, default=0.1,
                    help="alpha of the gamma rule: exit at the first step where every BNTT layer's "
                         "mean gamma is below it (default: 0.1)")
@@ -57,11 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default=None)
     p.add_argument("--no_plots", action="store_true", help="skip the PNG figures")
     return p
-
-
-def checkpoint_path(given: str) -> Path:
-    path = Path(given)
-    return path / "best.pt" if path.is_dir() else path
 
 
 def infer_dataset(desc: dict) -> str:
@@ -86,7 +82,7 @@ def model_for(ckpt: dict, args, source: str):
                          f"channels; {dataset} has {info.num_cls} and {info.in_channels}")
     model = build_model(desc["arch"], num_steps=desc["num_steps"], leak_mem=leak,
                         img_size=info.img_size, num_cls=desc["num_cls"],
-                        in_channels=desc["in_channels"], engine=args.engine)
+                        in_channels=desc["in_channels"])
     load_model_state(model, state, desc["arch"], source=source)
     return model, dataset, cfg, desc
 
@@ -242,11 +238,14 @@ def main(argv=None) -> int:
             raise UsageError(f"{name} must be a positive number, got {value}")
     if args.batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {args.batch_size}")
-    source = checkpoint_path(args.checkpoint)
+    source = checkpoint_file(args.checkpoint)
     ckpt = load_checkpoint(source)
     device = pick_device(args.device)
     model, dataset, cfg, desc = model_for(ckpt, args, str(source))
-    model = model.to(device)
+    try:
+        model = model.to(device).set_engine(args.engine)
+    except RuntimeError as err:
+        raise UsageError(f"--engine {args.engine}: {err}") from None
     data_dir = args.data_dir or cfg.get("data_dir", "./data")
     _, test_set = make_datasets(dataset, data_dir, download=False)
     if args.test_samples:

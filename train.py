@@ -18,23 +18,25 @@ import random
 import sys
 import time
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from bntt.checkpoint import (load_checkpoint, load_model_state, model_state, rng_state, save_atomic,
-                             set_rng_state)
+from bntt.checkpoint import (BEST_CHECKPOINT, RUN_CHECKPOINT, load_checkpoint, load_model_state,
+                             model_state, rng_state, run_folder_of, save_atomic, set_rng_state)
 from bntt.cli import UsageError, autocast, pick_device, run_cli
 from bntt.data import DATASETS, dataset_info, make_datasets, make_loaders
 from bntt.engines import ENGINES
 from bntt.engines import resolve as resolve_engine
+from bntt.names import check_name
+from bntt.paper import sgd
 from model import ARCHS, build_model
 from utill import AverageMeter, correct_topk, lr_at_epoch
-
-MOMENTUM, WEIGHT_DECAY = 0.9, 1e-4  # SGD of the paper's recipe (SPEC)
 
 # name: (type, default, help). Defaults up to test_display_freq are the authors'.
 OPTIONS = {
@@ -54,7 +56,7 @@ OPTIONS = {
     "device": (str, "auto", "auto (CUDA if available), cpu, cuda, cuda:N"),
     "out_dir": (str, "runs", "parent folder of run folders"),
     "run_name": (str, "", "run folder name (default: built from the hyperparameters)"),
-    "resume": (str, "", "continue the run in this run folder (or from this checkpoint file)"),
+    "resume": (str, "", "continue the run in this run folder (its last.pt) or from this checkpoint file"),
     "amp": (bool, False, "bf16 autocast on CUDA"),
     "engine": (str, "auto", "time-stepping engine: auto (fused on CUDA, else multistep), "
                             "reference (per-step loop), multistep, fused"),
@@ -107,11 +109,12 @@ def read_config_file(path: str) -> dict:
 
 
 def validate(cfg: dict) -> None:
+    try:
+        for kind, choices in (("arch", ARCHS), ("dataset", DATASETS), ("engine", ENGINES)):
+            check_name(kind, cfg[kind], choices)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     checks = [
-        (cfg["arch"] in ARCHS, f"unknown arch {cfg['arch']!r}; choose from {', '.join(ARCHS)}"),
-        (cfg["dataset"] in DATASETS,
-         f"unknown dataset {cfg['dataset']!r}; choose from {', '.join(DATASETS)}"),
-        (cfg["engine"] in ENGINES, f"unknown engine {cfg['engine']!r}; choose from {', '.join(ENGINES)}"),
         (cfg["num_steps"] >= 1, f"num_steps must be >= 1, got {cfg['num_steps']}"),
         (cfg["batch_size"] >= 1, f"batch_size must be >= 1, got {cfg['batch_size']}"),
         (cfg["num_epochs"] >= 1, f"num_epochs must be >= 1, got {cfg['num_epochs']}"),
@@ -154,10 +157,11 @@ def resolve_config(argv) -> tuple[dict, dict | None]:
     return cfg, ckpt
 
 
-def run_folder(cfg: dict, ckpt_path: str) -> Path:
-    if ckpt_path:
-        path = Path(ckpt_path)
-        return path if path.is_dir() else path.parent
+def run_folder(cfg: dict) -> Path:
+    """The run folder: the one being resumed, or out_dir/run_name (a name made from the
+    hyperparameters when none is given)."""
+    if cfg["resume"]:
+        return run_folder_of(cfg["resume"])
     name = cfg["run_name"] or (f"{cfg['dataset']}_{cfg['arch']}_T{cfg['num_steps']}_lr{cfg['lr']}"
                                f"_ep{cfg['num_epochs']}_leak{cfg['leak_mem']}_seed{cfg['seed']}")
     return Path(cfg["out_dir"]) / name
@@ -169,16 +173,82 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # every device
 
 
-def train_epoch(model, loader, optimizer, criterion, device, amp, desc) -> dict:
+@dataclass
+class Run:
+    """What the epochs of one run share. Built by `prepare_run` before anything is written."""
+    cfg: dict
+    folder: Path
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: DataLoader
+    test_loader: DataLoader
+    engine: str  # the engine that runs (`auto` resolved)
+    start_epoch: int = 0
+    best_acc: float = 0.0
+    best_epoch: int = 0
+    criterion: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+
+    @property
+    def amp(self) -> bool:
+        return self.cfg["amp"]
+
+
+def load_data(cfg: dict, pin_memory: bool):
+    """(train loader, test loader); a missing dataset or a bad size stops the run here."""
+    train_set, test_set = make_datasets(cfg["dataset"], cfg["data_dir"], cfg["download"])
+    if cfg["train_samples"]:
+        train_set = Subset(train_set, range(min(cfg["train_samples"], len(train_set))))
+    if cfg["test_samples"]:
+        test_set = Subset(test_set, range(min(cfg["test_samples"], len(test_set))))
+    if len(train_set) < cfg["batch_size"]:
+        raise UsageError(f"batch_size {cfg['batch_size']} is larger than the {len(train_set)} "
+                         "training images (training drops the last partial batch)")
+    return make_loaders(train_set, test_set, cfg["batch_size"], 2 * cfg["batch_size"],
+                        cfg["num_workers"], cfg["drop_last_test"], pin_memory=pin_memory)
+
+
+def prepare_run(cfg: dict, ckpt: dict | None) -> Run:
+    """Data, model and optimiser, restored from `ckpt` when resuming. Writes nothing, so that
+    every bad input stops the run before its folder is touched."""
+    device = pick_device(cfg["device"])
+    folder = run_folder(cfg)
+    if not cfg["resume"] and (folder / RUN_CHECKPOINT).exists():
+        raise UsageError(f"{folder} already holds a run; continue it with --resume {folder} "
+                         "or pick another --run_name")
+    seed_everything(cfg["seed"])
+    train_loader, test_loader = load_data(cfg, pin_memory=device.type == "cuda")
+    info = dataset_info(cfg["dataset"])
+    model = build_model(cfg["arch"], num_steps=cfg["num_steps"], leak_mem=cfg["leak_mem"],
+                        img_size=info.img_size, num_cls=info.num_cls,
+                        in_channels=info.in_channels, engine=cfg["engine"]).to(device)
+    try:
+        model.set_engine(cfg["engine"])
+    except RuntimeError as err:
+        raise UsageError(f"--engine {cfg['engine']}: {err}") from None
+    run = Run(cfg, folder, device, model, sgd(model.parameters(), cfg["lr"]), train_loader,
+              test_loader, engine=resolve_engine(cfg["engine"], next(model.parameters())))
+    if ckpt is not None:
+        load_model_state(model, model_state(ckpt), cfg["arch"], source=cfg["resume"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.start_epoch, run.best_acc, run.best_epoch = ckpt["epoch"], ckpt["accuracy"], ckpt["best_epoch"]
+        set_rng_state(ckpt["rng"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return run
+
+
+def train_epoch(run: Run, desc: str) -> dict:
+    model, optimizer, device = run.model, run.optimizer, run.device
     model.train()
     loss_m, top1_m, top5_m = AverageMeter(), AverageMeter(), AverageMeter()
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    bar = tqdm(run.train_loader, desc=desc, leave=False, dynamic_ncols=True)
     for images, labels in bar:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        with autocast(device, amp):
+        with autocast(device, run.amp):
             output = model(images)
-        loss = criterion(output.float(), labels)
+        loss = run.criterion(output.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -196,30 +266,59 @@ def train_epoch(model, loader, optimizer, criterion, device, amp, desc) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, loader, criterion, device, amp, eval_seed, desc) -> dict:
+def evaluate(run: Run, desc: str) -> dict:
     """Top-1/top-5 over every test image, with Poisson draws fixed by eval_seed."""
+    model, device = run.model, run.device
     model.eval()
     generator = torch.Generator(device=device)
-    generator.manual_seed(eval_seed)
+    generator.manual_seed(run.cfg["eval_seed"])
     loss_sum, correct1, correct5, total = 0.0, 0, 0, 0
-    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for images, labels in tqdm(run.test_loader, desc=desc, leave=False, dynamic_ncols=True):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        with autocast(device, amp):
+        with autocast(device, run.amp):
             output = model(images, generator=generator)
         n = labels.size(0)
-        loss_sum += criterion(output.float(), labels).item() * n
+        loss_sum += run.criterion(output.float(), labels).item() * n
         c1, c5 = correct_topk(output, labels, topk=(1, 5))
         correct1, correct5, total = correct1 + c1, correct5 + c5, total + n
     return {"test_loss": loss_sum / total, "test_top1": 100.0 * correct1 / total,
             "test_top5": 100.0 * correct5 / total, "test_images": total}
 
 
-def log_gammas(writer, model, epoch: int) -> None:
-    for name, bn in model.bntt_layers():
-        gammas = bn.weight.detach().float().cpu()
-        for t in range(bn.num_steps):
-            writer.add_histogram(f"gamma/{name}/t{t:02d}", gammas[t], epoch)
+class Outputs:
+    """The run folder's logs: config.json, metrics.jsonl (one line per epoch) and TensorBoard."""
+
+    def __init__(self, run: Run):
+        from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+
+        run.folder.mkdir(parents=True, exist_ok=True)
+        (run.folder / "config.json").write_text(json.dumps(run.cfg, indent=2) + "\n")
+        self.metrics_path = run.folder / "metrics.jsonl"
+        kept = read_metrics(self.metrics_path, run.start_epoch)  # epochs the checkpoint holds
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        self.writer = SummaryWriter(str(run.folder),
+                                    purge_step=run.start_epoch + 1 if run.start_epoch else None)
+
+    def log(self, row: dict, model) -> None:
+        epoch = row["epoch"]
+        for key in ("train_loss", "train_top1", "train_top5", "test_loss", "test_top1", "test_top5"):
+            if key in row:
+                split, metric = key.split("_")
+                self.writer.add_scalar(f"{split}/{metric}", row[key], epoch)
+        self.writer.add_scalar("lr", row["lr"], epoch)
+        self.writer.add_scalar("time/epoch_seconds", row["epoch_seconds"], epoch)
+        self.writer.add_scalar("time/train_img_s", row["train_img_s"], epoch)
+        for name, bn in model.bntt_layers():
+            gammas = bn.weight.detach().float().cpu()
+            for t in range(bn.num_steps):
+                self.writer.add_histogram(f"gamma/{name}/t{t:02d}", gammas[t], epoch)
+        self.writer.flush()
+        with open(self.metrics_path, "a") as f:  # before the checkpoint: see read_metrics
+            f.write(json.dumps(row) + "\n")
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def read_metrics(path: Path, up_to_epoch: int) -> list[str]:
@@ -229,140 +328,84 @@ def read_metrics(path: Path, up_to_epoch: int) -> list[str]:
     return [line for line in lines if json.loads(line)["epoch"] <= up_to_epoch]
 
 
+def save_checkpoints(run: Run, epoch: int, improved: bool) -> None:
+    """last.pt every epoch, best.pt when the test top-1 improved; each written atomically."""
+    ckpt = {"state_dict": run.model.state_dict(), "global_step": epoch, "accuracy": run.best_acc,
+            "best_epoch": run.best_epoch, "epoch": epoch, "optimizer": run.optimizer.state_dict(),
+            "rng": rng_state(), "config": run.cfg}
+    if improved:
+        save_atomic(ckpt, run.folder / BEST_CHECKPOINT)
+    save_atomic(ckpt, run.folder / RUN_CHECKPOINT)
+
+
+def run_epoch(run: Run, epoch: int) -> dict:
+    """Train 0-based `epoch`, evaluate when it is due; returns its metrics row."""
+    cfg = run.cfg
+    lr = lr_at_epoch(cfg["lr"], epoch, cfg["num_epochs"])
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    started = time.perf_counter()
+    row = {"epoch": epoch + 1, "lr": lr}
+    row.update(train_epoch(run, f"epoch {epoch + 1} train"))
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    row["epoch_seconds"] = time.perf_counter() - started
+    row["train_img_s"] = row["train_images"] / row["epoch_seconds"]  # data loading included
+    if (epoch + 1) % cfg["test_display_freq"] == 0 or epoch + 1 == cfg["num_epochs"]:
+        row.update(evaluate(run, f"epoch {epoch + 1} test"))
+    return row
+
+
+def train_epochs(run: Run, outputs: Outputs) -> dict | None:
+    """The epoch loop: train, evaluate, log, checkpoint. Returns the last evaluation."""
+    cfg, last_eval = run.cfg, None
+    epochs = tqdm(range(run.start_epoch, cfg["num_epochs"]), desc="epochs", initial=run.start_epoch,
+                  total=cfg["num_epochs"], dynamic_ncols=True)
+    for epoch in epochs:
+        row = run_epoch(run, epoch)
+        improved = "test_top1" in row and row["test_top1"] > run.best_acc
+        if "test_top1" in row:
+            last_eval = {k: v for k, v in row.items() if k.startswith("test_")}
+        if improved:
+            run.best_acc, run.best_epoch = row["test_top1"], epoch + 1
+        row["best_top1"] = run.best_acc
+        outputs.log(row, run.model)
+        save_checkpoints(run, epoch + 1, improved)
+
+        summary = f"epoch {epoch + 1}/{cfg['num_epochs']} lr {row['lr']:g} train loss {row['train_loss']:.4f}"
+        if "test_top1" in row:
+            summary += f" test top-1 {row['test_top1']:.2f}% (best {run.best_acc:.2f}%)"
+        if (epoch + 1) % cfg["train_display_freq"] == 0 or "test_top1" in row or epoch + 1 == cfg["num_epochs"]:
+            tqdm.write(summary + f" [{row['epoch_seconds']:.1f}s]")
+    epochs.close()
+    return last_eval
+
+
 def main(argv=None) -> int:
     cfg, ckpt = resolve_config(argv)
-    device = pick_device(cfg["device"])
-    run_dir = run_folder(cfg, cfg["resume"])
-    if not cfg["resume"] and (run_dir / "last.pt").exists():
-        raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                         "or pick another --run_name")
-
-    seed_everything(cfg["seed"])
-    info = dataset_info(cfg["dataset"])
-    # Data first: a missing dataset stops the run before anything is written.
-    train_set, test_set = make_datasets(cfg["dataset"], cfg["data_dir"], cfg["download"])
-    if cfg["train_samples"]:
-        train_set = torch.utils.data.Subset(train_set, range(min(cfg["train_samples"], len(train_set))))
-    if cfg["test_samples"]:
-        test_set = torch.utils.data.Subset(test_set, range(min(cfg["test_samples"], len(test_set))))
-    if len(train_set) < cfg["batch_size"]:
-        raise UsageError(f"batch_size {cfg['batch_size']} is larger than the {len(train_set)} "
-                         "training images (training drops the last partial batch)")
-    train_loader, test_loader = make_loaders(
-        train_set, test_set, cfg["batch_size"], 2 * cfg["batch_size"], cfg["num_workers"],
-        cfg["drop_last_test"], pin_memory=device.type == "cuda")
-
-    model = build_model(cfg["arch"], num_steps=cfg["num_steps"], leak_mem=cfg["leak_mem"],
-                        img_size=info.img_size, num_cls=info.num_cls,
-                        in_channels=info.in_channels, engine=cfg["engine"]).to(device)
-    try:  # before anything is written: an engine this machine cannot run stops the run here
-        engine_name = resolve_engine(cfg["engine"], torch.empty(0, device=device))
-    except RuntimeError as err:
-        raise UsageError(f"--engine {cfg['engine']}: {err}") from None
-    if device.type == "cuda" and cfg["engine"] in ("auto", "fused"):
-        model = model.to(memory_format=torch.channels_last)  # what the fused engine feeds cuDNN
-    criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=MOMENTUM,
-                                weight_decay=WEIGHT_DECAY)
-    start_epoch, best_acc, best_epoch = 0, 0.0, 0
-    if ckpt is not None:
-        load_model_state(model, model_state(ckpt), cfg["arch"], source=cfg["resume"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, best_acc, best_epoch = ckpt["epoch"], ckpt["accuracy"], ckpt["best_epoch"]
-        set_rng_state(ckpt["rng"])
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-    from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    metrics_path = run_dir / "metrics.jsonl"
-    kept = read_metrics(metrics_path, start_epoch)  # drop epochs the checkpoint does not hold
-    metrics_path.write_text("".join(line + "\n" for line in kept))
-    writer = SummaryWriter(str(run_dir), purge_step=start_epoch + 1 if start_epoch else None)
-
-    n_params = sum(p.numel() for p in model.parameters())
-    tqdm.write(f"{cfg['arch']} on {cfg['dataset']} ({len(train_set)} train / {len(test_set)} test "
-               f"images), T={cfg['num_steps']}, {n_params:,} parameters, {device}, "
-               f"engine {engine_name}"
-               f"{', bf16 autocast' if cfg['amp'] and device.type == 'cuda' else ''}"
-               f"{f', resuming after epoch {start_epoch}' if start_epoch else ''}")
-    epochs = tqdm(range(start_epoch, cfg["num_epochs"]), desc="epochs", initial=start_epoch,
-                  total=cfg["num_epochs"], dynamic_ncols=True)
+    run = prepare_run(cfg, ckpt)
+    outputs = Outputs(run)
+    n_params = sum(p.numel() for p in run.model.parameters())
+    tqdm.write(f"{cfg['arch']} on {cfg['dataset']} ({len(run.train_loader.dataset)} train / "
+               f"{len(run.test_loader.dataset)} test images), T={cfg['num_steps']}, "
+               f"{n_params:,} parameters, {run.device}, engine {run.engine}"
+               f"{', bf16 autocast' if run.amp and run.device.type == 'cuda' else ''}"
+               f"{f', resuming after epoch {run.start_epoch}' if run.start_epoch else ''}")
     try:
-        last_eval, best_acc, best_epoch = train_epochs(
-            cfg, model, optimizer, criterion, train_loader, test_loader, device, writer,
-            metrics_path, run_dir, epochs, best_acc, best_epoch)
+        last_eval = train_epochs(run, outputs)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python train.py --resume {run_dir} "
+        print(f"\ninterrupted; continue with: python train.py --resume {run.folder} "
               "(it restarts the unfinished epoch)", file=sys.stderr)
         raise
-    epochs.close()
-    writer.close()
-    if last_eval is not None:
-        print(f"test accuracy: top-1 {last_eval['test_top1']:.2f}%, top-5 {last_eval['test_top5']:.2f}% "
-              f"on {last_eval['test_images']} images (best top-1 {best_acc:.2f}% at epoch {best_epoch}); "
-              f"run folder {run_dir}")
+    outputs.close()
+    if last_eval is None:
+        print(f"nothing to do: {run.folder} already finished {run.start_epoch} epochs "
+              f"(best top-1 {run.best_acc:.2f}% at epoch {run.best_epoch})")
     else:
-        print(f"nothing to do: {run_dir} already finished {start_epoch} epochs "
-              f"(best top-1 {best_acc:.2f}% at epoch {best_epoch})")
+        print(f"test accuracy: top-1 {last_eval['test_top1']:.2f}%, top-5 {last_eval['test_top5']:.2f}% "
+              f"on {last_eval['test_images']} images (best top-1 {run.best_acc:.2f}% at epoch "
+              f"{run.best_epoch}); run folder {run.folder}")
     return 0
-
-
-def train_epochs(cfg, model, optimizer, criterion, train_loader, test_loader, device, writer,
-                 metrics_path, run_dir, epochs, best_acc, best_epoch):
-    """The epoch loop: train, evaluate, log, checkpoint. Returns (last evaluation, best)."""
-    last_eval = None
-    for epoch in epochs:
-        lr = lr_at_epoch(cfg["lr"], epoch, cfg["num_epochs"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        started = time.perf_counter()
-        row = {"epoch": epoch + 1, "lr": lr}
-        row.update(train_epoch(model, train_loader, optimizer, criterion, device, cfg["amp"],
-                               f"epoch {epoch + 1} train"))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        row["epoch_seconds"] = time.perf_counter() - started
-        row["train_img_s"] = row["train_images"] / row["epoch_seconds"]  # data loading included
-        last_epoch = epoch + 1 == cfg["num_epochs"]
-        if (epoch + 1) % cfg["test_display_freq"] == 0 or last_epoch:
-            last_eval = evaluate(model, test_loader, criterion, device, cfg["amp"],
-                                 cfg["eval_seed"], f"epoch {epoch + 1} test")
-            row.update(last_eval)
-            improved = last_eval["test_top1"] > best_acc
-            if improved:
-                best_acc, best_epoch = last_eval["test_top1"], epoch + 1
-        else:
-            improved = False
-        row["best_top1"] = best_acc
-
-        for key in ("train_loss", "train_top1", "train_top5", "test_loss", "test_top1", "test_top5"):
-            if key in row:
-                split, metric = key.split("_")
-                writer.add_scalar(f"{split}/{metric}", row[key], epoch + 1)
-        writer.add_scalar("lr", lr, epoch + 1)
-        writer.add_scalar("time/epoch_seconds", row["epoch_seconds"], epoch + 1)
-        writer.add_scalar("time/train_img_s", row["train_img_s"], epoch + 1)
-        log_gammas(writer, model, epoch + 1)
-        writer.flush()
-        with open(metrics_path, "a") as f:  # before the checkpoint: see read_metrics on resume
-            f.write(json.dumps(row) + "\n")
-
-        ckpt_out = {"state_dict": model.state_dict(), "global_step": epoch + 1,
-                    "accuracy": best_acc, "best_epoch": best_epoch, "epoch": epoch + 1,
-                    "optimizer": optimizer.state_dict(), "rng": rng_state(), "config": cfg}
-        if improved:
-            save_atomic(ckpt_out, run_dir / "best.pt")
-        save_atomic(ckpt_out, run_dir / "last.pt")
-
-        summary = f"epoch {epoch + 1}/{cfg['num_epochs']} lr {lr:g} train loss {row['train_loss']:.4f}"
-        if "test_top1" in row:
-            summary += f" test top-1 {row['test_top1']:.2f}% (best {best_acc:.2f}%)"
-        if (epoch + 1) % cfg["train_display_freq"] == 0 or "test_top1" in row or last_epoch:
-            tqdm.write(summary + f" [{row['epoch_seconds']:.1f}s]")
-    return last_eval, best_acc, best_epoch
 
 
 def cli(argv=None) -> int:

@@ -4,6 +4,11 @@ A checkpoint is a dict readable with `torch.load(path, weights_only=True)`. It k
 the authors' train.py (`state_dict`, `global_step` = completed epochs, `accuracy` = best test
 top-1) so each side can load the other's weights, and adds what a resumable run needs:
 `optimizer`, `epoch`, `best_epoch`, `rng` and `config`.
+
+A run folder holds `last.pt` (the end of the last finished epoch) and `best.pt` (the epoch with
+the best test top-1). Wherever a command takes a checkpoint, a run folder stands for its
+last.pt: the model whose accuracy is reported, and the one a resumed run continues from.
+best.pt is read only when named.
 """
 from __future__ import annotations
 
@@ -15,6 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+
+RUN_CHECKPOINT = "last.pt"  # what a run folder means (see the module docstring)
+BEST_CHECKPOINT = "best.pt"
 
 
 class CheckpointError(Exception):
@@ -51,10 +60,20 @@ def save_atomic(obj, path) -> None:
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def checkpoint_file(path) -> Path:
+    """The checkpoint file that `path` names: itself, or a run folder's last.pt."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
+    return path / RUN_CHECKPOINT if path.is_dir() else path
+
+
+def run_folder_of(path) -> Path:
+    """The run folder that `path` (a run folder or a checkpoint file in one) belongs to."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

@@ -1,7 +1,9 @@
 """The paper's spiking VGG networks with BNTT: SNN_VGG9_BNTT and SNN_VGG11_BNTT.
 
-Same constructor, layer plan, initialisation and state_dict layout as the authors' model.py;
-the arithmetic lives in bntt/ (neuron, BNTT, Poisson coding) and the time loop in bntt/engines.
+Same constructor, layer plan, initialisation and state_dict layout as the authors' model.py
+(docs/spec.md, section 2); the top-level model.py re-exports them under the authors' module
+name. The arithmetic lives in bntt/ (neuron, BNTT, Poisson coding) and the time loop in
+bntt/engines.py, chosen per model with `set_engine`.
 """
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ import torch.nn as nn
 from bntt import engines
 from bntt.bntt import BNTT
 from bntt.coding import poisson_spikes
+from bntt.names import check_name
 from bntt.neuron import LIFNeuron, membrane_dtype
+from bntt.paper import INIT_GAIN, THRESHOLD
 
 POOL, GLOBAL_POOL = "P", "G"
-ARCHS = ("vgg9", "vgg11")
 
 
 class SpikingVGG(nn.Module):
@@ -31,8 +34,7 @@ class SpikingVGG(nn.Module):
         super().__init__()
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        if engine not in engines.ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(engines.ENGINES)}")
+        check_name("engine", engine, engines.ENGINES)
         halvings = plan.count(POOL)
         if img_size % (2 ** halvings) or img_size < 2 ** halvings:
             raise ValueError(f"img_size must be a multiple of {2 ** halvings} for this network, "
@@ -42,12 +44,13 @@ class SpikingVGG(nn.Module):
         self.img_size = img_size
         self.num_cls = num_cls
         self.in_channels = in_channels
-        self.engine = engine
-        self.neuron = LIFNeuron(leak=leak_mem, threshold=1.0)
+        self.engine = engine  # how forward runs; set_engine also prepares the memory format
+        self.neuron = LIFNeuron(leak=leak_mem, threshold=THRESHOLD)
 
         # Modules are created in the authors' order (conv_i, bntt_i, pool_j, ..., fc1, bntt_fc,
         # fc2) so that, from the same seed, the initial weights are theirs.
         self._layer_names = []  # (synapse, bntt, pool or None) attribute names, bottom to top
+        self.neuron_shapes = []  # (channels, height/width or None for the FC), bottom to top
         channels, size, n_conv, n_pool = in_channels, img_size, 0, 0
         for entry in plan:
             if entry in (POOL, GLOBAL_POOL):
@@ -63,15 +66,31 @@ class SpikingVGG(nn.Module):
                     nn.Conv2d(channels, entry, kernel_size=3, stride=1, padding=1, bias=False))
             setattr(self, f"bntt{n_conv}", BNTT(entry, num_steps))
             self._layer_names.append((f"conv{n_conv}", f"bntt{n_conv}", None))
+            self.neuron_shapes.append((entry, size))
             channels = entry
         self.fc1 = nn.Linear(channels * size * size, hidden, bias=False)
         self.bntt_fc = BNTT(hidden, num_steps)
         self.fc2 = nn.Linear(hidden, num_cls, bias=False)
         self._layer_names.append(("fc1", "bntt_fc", None))
+        self.neuron_shapes.append((hidden, None))
 
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(m.weight, gain=2)
+                nn.init.xavier_uniform_(m.weight, gain=INIT_GAIN)
+
+    def set_engine(self, name: str) -> "SpikingVGG":
+        """Run the time loop with engine `name` (bntt/engines.py) and give the weights the
+        memory format it wants: channels-last for `fused` (what its convolutions are fed),
+        the default layout otherwise. Returns the model.
+
+        Call it after moving the model to its device: `auto` picks by device, and `fused`
+        where it cannot run raises RuntimeError saying what it needs.
+        """
+        like = next(self.parameters())
+        resolved = engines.resolve(name, like)
+        self.engine = name
+        layout = torch.channels_last if resolved == "fused" else torch.contiguous_format
+        return self.to(memory_format=layout)
 
     # -- structure used by the engines, the early-exit evaluator and the logger --------------
 
@@ -129,9 +148,10 @@ class SNN_VGG11_BNTT(SpikingVGG):
         super().__init__(VGG11_PLAN, 4096, num_steps, leak_mem, img_size, num_cls, in_channels, engine)
 
 
+MODELS = {"vgg9": SNN_VGG9_BNTT, "vgg11": SNN_VGG11_BNTT}
+ARCHS = tuple(MODELS)
+
+
 def build_model(arch: str, **kwargs) -> SpikingVGG:
-    if arch == "vgg9":
-        return SNN_VGG9_BNTT(**kwargs)
-    if arch == "vgg11":
-        return SNN_VGG11_BNTT(**kwargs)
-    raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+    """The network `arch` ("vgg9" or "vgg11"), with the constructor arguments of its class."""
+    return MODELS[check_name("arch", arch, ARCHS)](**kwargs)

@@ -1,4 +1,4 @@
-"""scripts/accuracy_parity.py: the summary is the runs' own metrics, an interrupted comparison
+"""scripts/reproduce/accuracy_parity.py: the summary is the runs' own metrics, an interrupted comparison
 resumes instead of retraining, and a bad --run says what it expects."""
 import json
 import statistics
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "accuracy_parity.py"
+SCRIPT = ROOT / "scripts" / "reproduce" / "accuracy_parity.py"
 TINY = ["--dataset", "fashionmnist_subset", "--arch", "vgg9", "--num_steps", "1", "--batch_size", "16",
         "--num_workers", "0", "--train_samples", "40", "--test_samples", "30", "--device", "cpu"]
 

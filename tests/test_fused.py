@@ -1,4 +1,4 @@
-"""The fused BNTT + LIF kernels (bntt/fused.py) against LIFNeuron(BNTT(z)) of the library.
+"""The fused BNTT + LIF kernels (bntt/fused/kernels.py) against LIFNeuron(BNTT(z)) of the library.
 
 Without a GPU they run in the Triton interpreter (tests/conftest.py); the last test compiles
 them for the H100 (sm_90) to catch what the interpreter accepts and the compiler does not.
@@ -85,7 +85,7 @@ def test_refuses_too_many_steps_and_single_rows():
 
 def test_kernels_compile_for_hopper():
     """The real compiler, down to SASS for sm_90 with the ptxas that ships with Triton."""
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile_kernels.py"), "--steps", "4"],
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "maintenance" / "compile_kernels.py"), "--steps", "4"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split() for line in result.stdout.splitlines()[1:]]

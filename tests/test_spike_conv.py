@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bntt.compact import spike_conv
+from bntt.fused.engine import spike_conv
 
 
 def spike_map(kind, shape, generator):

@@ -1,16 +1,70 @@
-"""A convolution over spikes that keeps its input for the backward pass in one byte.
+"""The fused engine: the multistep time loop with the three things that make it fast on a GPU.
 
-The input of every conv in these networks is a spike map: input spikes in {-1, 0, 1}, LIF
-spikes in {0, 1}, or 2x2-average-pooled spikes in {0, 1/4, 1/2, 3/4, 1}. Multiplied by
-`scale` (1 or 4) they are small integers, so an int8 copy rebuilds the input exactly: the
-weight gradient is computed from the same values by the same kernel as nn.Conv2d's own
-backward, at half the memory of a bf16 copy (a quarter of float32).
+1. BNTT + LIF as one Triton kernel each way (bntt/fused/kernels.py), on channels-last maps.
+2. 2x2 average pooling as a mean over the channels-last view (`pool_channels_last`): same
+   values as avg_pool2d, but a broadcast for the backward and nothing saved for it.
+3. Convolutions that keep their spike input for the backward in one byte (`SpikeConv2d`).
+   The input of every conv in these networks is a spike map: input spikes in {-1, 0, 1}, LIF
+   spikes in {0, 1}, or k x k average-pooled spikes in {0, 1/k^2, ..., 1}. Multiplied by
+   `scale` (`spike_scale`: 1 or k^2) they are small integers, so an int8 copy rebuilds the
+   input exactly: the weight gradient comes from the same values through the same kernel as
+   nn.Conv2d's own backward, at half the memory of a bf16 copy (a quarter of float32).
+
+It computes the function of `bntt.engines.run_multistep` (tests/test_engines.py); the design
+and its byte counts are in docs/fast-engine.md.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from bntt.engines import synapse_input
+from bntt.fused.kernels import bntt_lif
+
+
+def run_fused(model, spikes: torch.Tensor) -> torch.Tensor:
+    """Input spike train [T, B, ...] -> readout current per step [T, B, classes]."""
+    steps, batch = spikes.shape[:2]
+    x = spikes.flatten(0, 1)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    scale = 1  # x * scale is integral: input spikes (1), or k x k average-pooled spikes (k * k)
+    for synapse, bntt, pool in model.spiking_layers():
+        if isinstance(synapse, nn.Conv2d) and scale:
+            z = spike_conv(synapse, x, scale)
+        else:
+            z = synapse(synapse_input(x, synapse))
+        x = bntt_lif(z.unflatten(0, (steps, batch)), bntt, model.neuron).flatten(0, 1)
+        if pool is not None:
+            x = pool_channels_last(x, pool)
+        scale = spike_scale(pool)
+    return model.readout(x).unflatten(0, (steps, batch))
+
+
+def pool_channels_last(x: torch.Tensor, pool) -> torch.Tensor:
+    """pool(x) for a channels-last x, as a mean over k x k windows of the NHWC view.
+
+    Same values as avg_pool2d (on spike maps, exactly: sums of 0s and 1s, divided by k * k),
+    but its backward is one broadcast copy instead of avg_pool2d's channels-last backward, which
+    took 13.5 ms of a 71 ms VGG9 training step on an H100 (docs/fast-engine.md), and it saves
+    nothing for the backward where avg_pool2d keeps its whole input. Other pools run as they are.
+    """
+    k = pool.kernel_size if isinstance(pool, nn.AvgPool2d) else None
+    n, c, h, w = x.shape if x.dim() == 4 else (0, 0, 0, 0)
+    if (not isinstance(k, int) or pool.stride not in (k, (k, k)) or pool.padding not in (0, (0, 0))
+            or h % k or w % k or not x.is_contiguous(memory_format=torch.channels_last)):
+        return pool(x)
+    nhwc = x.permute(0, 2, 3, 1).reshape(n, h // k, k, w // k, k, c)
+    return nhwc.mean(dim=(2, 4)).permute(0, 3, 1, 2)
+
+
+def spike_scale(pool) -> int | None:
+    """What the spike map after `pool` must be multiplied by to be integral (None: unknown)."""
+    if pool is None:
+        return 1
+    k = pool.kernel_size if isinstance(pool, nn.AvgPool2d) else None
+    return k * k if isinstance(k, int) and pool.stride in (k, (k, k)) and k * k <= 127 else None
 
 
 class SpikeConv2d(torch.autograd.Function):

@@ -28,7 +28,7 @@ import os
 
 import torch
 
-from bntt.neuron import SURROGATE_SCALE
+from bntt.paper import SURROGATE_SCALE
 
 try:
     import triton

@@ -1,8 +1,8 @@
 """Check the fused BNTT + LIF kernels against the PyTorch composition LIFNeuron(BNTT(z)) at the
 layer shapes of the paper's networks, and time both, layer by layer.
 
-    python scripts/check_fused.py                      # GPU: VGG9 T=25 batch 256 shapes
-    TRITON_INTERPRET=1 python scripts/check_fused.py --quick --device cpu
+    python scripts/maintenance/check_fused.py                      # GPU: VGG9 T=25 batch 256 shapes
+    TRITON_INTERPRET=1 python scripts/maintenance/check_fused.py --quick --device cpu
 
 For every layer: the fraction of neurons whose spike train differs anywhere, and max |a - b| /
 max |b| of dL/dz (over the neurons whose spike trains agree: one spike that flips on a rounding
@@ -16,17 +16,21 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bntt import BNTT, LIFNeuron, engines, fused  # noqa: E402
-from bntt.coding import poisson_spikes  # noqa: E402
-from model import build_model  # noqa: E402
+from bntt import BNTT, LIFNeuron, fused
+from bntt.coding import poisson_spikes
+from bntt.models import build_model
 
-VGG9_LAYERS = [(64, 32), (64, 32), (128, 16), (128, 16), (256, 8), (256, 8), (256, 8), (1024, None)]
+# (channels, height/width or None for the FC) of every BNTT + LIF layer of VGG9 at 32x32
+VGG9_LAYERS = build_model("vgg9", num_steps=1).neuron_shapes
+
+
+def pytorch_bntt_lif(z, bn, neuron):
+    """The library's composition the kernels replace: LIF(BNTT(z)) over all steps."""
+    return neuron(bn(z))
 
 
 def rel(a, b):
@@ -47,7 +51,7 @@ def layer_check(channels, size, steps, batch, dtype, device, iters):
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5)
     out = {}
-    for name, layer in (("fused", fused.bntt_lif), ("pytorch", engines.bntt_lif)):
+    for name, layer in (("fused", fused.bntt_lif), ("pytorch", pytorch_bntt_lif)):
         b = copy.deepcopy(bn)
         zz = z.clone().requires_grad_()
         s = layer(zz, b, neuron)
@@ -62,7 +66,7 @@ def layer_check(channels, size, steps, batch, dtype, device, iters):
            "dgamma": rel(dg, dg0), "running_mean": rel(rm, rm0), "running_var": rel(rv, rv0),
            "spike_rate": s0.float().mean().item()}
     if device.type == "cuda":
-        for name, layer in (("fused", fused.bntt_lif), ("pytorch", engines.bntt_lif)):
+        for name, layer in (("fused", fused.bntt_lif), ("pytorch", pytorch_bntt_lif)):
             times = []
             for _ in range(iters + 2):
                 zz = z.clone().requires_grad_()
@@ -80,8 +84,7 @@ def layer_check(channels, size, steps, batch, dtype, device, iters):
 def model_check(device, steps, batch, dtype=torch.float64):
     torch.manual_seed(0)
     ref = build_model("vgg9", num_steps=steps, leak_mem=0.95, engine="reference").to(device, dtype)
-    fast = copy.deepcopy(ref)
-    fast.engine = "fused"
+    fast = copy.deepcopy(ref).set_engine("fused")
     g = torch.Generator(device=device).manual_seed(1)
     images = torch.randn(batch, 3, 32, 32, device=device, generator=g, dtype=dtype)
     spikes = poisson_spikes(images, steps, generator=g)

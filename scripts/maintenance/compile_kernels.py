@@ -1,7 +1,7 @@
 """Compile the fused BNTT + LIF kernels for a GPU architecture without a GPU, and report what
 the compiler made of them: registers per thread, spilled bytes, compile seconds.
 
-    python scripts/compile_kernels.py [--steps 25] [--arch 90] [--dtype bf16]
+    python scripts/maintenance/compile_kernels.py [--steps 25] [--arch 90] [--dtype bf16]
 
 Uses Triton's code generator and the ptxas that ships with it, so it runs on a CPU-only
 machine; the tests run it with a small T to catch kernels the interpreter accepts and the
@@ -11,19 +11,17 @@ import argparse
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "0"  # real JIT functions, not the interpreter's
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
-from bntt import fused  # noqa: E402
+from bntt.fused import kernels as fused  # noqa: E402
 
 DATA_POINTERS = ("z_ptr", "s_ptr", "gs_ptr", "g_ptr")
 

@@ -1,19 +1,17 @@
 """Rebuild the bundled Fashion-MNIST subset (bntt/assets/fashion-mnist-subset) from the full set.
 
-    python scripts/make_fashion_subset.py [--source /usr/share/datasets/fashion-mnist]
+    python scripts/maintenance/make_fashion_subset.py [--source /usr/share/datasets/fashion-mnist]
 
 Takes a class-balanced random sample (seed 0) of 200 training and 50 test images per class,
 in their original order, and writes them in the original IDX format (gzip), so the same
 reader serves the subset and the full dataset.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bntt.data import (BUNDLED_FASHION_MNIST, FASHION_MNIST_FILES, SYSTEM_FASHION_MNIST,  # noqa: E402
+from bntt.data import (BUNDLED_FASHION_MNIST, FASHION_MNIST_FILES, SYSTEM_FASHION_MNIST,
                        _find_idx, read_idx, write_idx)
 
 

@@ -1,31 +1,29 @@
 """Time the fused BNTT + LIF backward over its launch shapes, at the VGG9 layer shapes.
 
-    python scripts/tune_fused.py --json tune.json      # GPU only
+    python scripts/maintenance/tune_fused.py --json tune.json      # GPU only
 
 For every (values per tile, programs per SM, warps) the forward + backward of all eight VGG9
 BNTT layers (T=25, batch 256) is timed in bf16 and float32 (CUDA events, median of --iters);
-the table is sorted by the bf16 total. The chosen shape is bntt/fused.py's BACKWARD_TILE,
-PROGRAMS_PER_SM and BACKWARD_WARPS.
+the table is sorted by the bf16 total. The chosen shape is bntt/fused/kernels.py's
+BACKWARD_TILE, PROGRAMS_PER_SM and BACKWARD_WARPS.
 """
 import argparse
 import itertools
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bntt import BNTT, LIFNeuron, fused  # noqa: E402
-from check_fused import VGG9_LAYERS  # noqa: E402
+from bntt import BNTT, LIFNeuron
+from bntt.fused import kernels
+from bntt.models import build_model
 
 
 def layer_inputs(steps, batch, dtype, device):
     g = torch.Generator(device=device).manual_seed(0)
     out = []
-    for channels, size in VGG9_LAYERS:
+    for channels, size in build_model("vgg9", num_steps=steps).neuron_shapes:
         shape = (steps, batch, channels) + ((size, size) if size else ())
         z = (torch.randn(shape, device=device, generator=g) * 2 + 0.3).to(dtype)
         if size:
@@ -40,7 +38,7 @@ def total_ms(layers, iters):
 
     def once():
         for z, grad, bn in layers:
-            fused.bntt_lif(z.requires_grad_(), bn, neuron).backward(grad)
+            kernels.bntt_lif(z.requires_grad_(), bn, neuron).backward(grad)
             z.grad = None
 
     once()  # compile this launch shape
@@ -69,7 +67,7 @@ def main(argv=None):
     inputs = {d: layer_inputs(25, 256, d, device) for d in (torch.bfloat16, torch.float32)}
     rows = []
     for tile, programs, warps in itertools.product(args.tiles, args.programs, args.warps):
-        fused.BACKWARD_TILE, fused.PROGRAMS_PER_SM, fused.BACKWARD_WARPS = tile, programs, warps
+        kernels.BACKWARD_TILE, kernels.PROGRAMS_PER_SM, kernels.BACKWARD_WARPS = tile, programs, warps
         row = {"tile": tile, "programs_per_sm": programs, "warps": warps}
         for dtype, layers in inputs.items():
             row[str(dtype).split(".")[-1] + "_ms"] = total_ms(layers, args.iters)

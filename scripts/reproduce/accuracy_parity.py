@@ -1,14 +1,15 @@
 """Does an engine or precision change what a network learns? Train the same recipe several
 ways, several seeds each, and compare final test accuracy with the seed-to-seed spread.
 
-    python scripts/accuracy_parity.py --config configs/fashionmnist_vgg9.toml --num_epochs 6 \
-        --run reference:fp32:0 --run fused:bf16:0 --run fused:bf16:1 --run fused:fp32:1 \
-        --out_dir /tmp/parity --json parity.json
+    python scripts/reproduce/accuracy_parity.py --config configs/fashionmnist_vgg9.toml \
+        --num_epochs 6 --run reference:fp32:0 --run fused:bf16:0 --run fused:bf16:1 \
+        --run fused:fp32:1 --out_dir runs/parity --json parity.json
 
 Each --run is ENGINE:PRECISION:SEED (precision fp32, or bf16 for autocast). Every run is a
-plain train.py run (--config, --num_epochs and any train.py flags after `--` apply to all) in
-OUT_DIR/ENGINE_PRECISION_seedSEED; a run folder that already holds a checkpoint is resumed, so
-an interrupted comparison continues where it stopped. The summary (final and best top-1 per
+plain train.py process (--config, --num_epochs and any train.py flags after `--` apply to all)
+in OUT_DIR/ENGINE_PRECISION_seedSEED; a run folder that already holds a checkpoint is resumed
+with the same flags (train.py accepts flags that repeat the run's own values), so an
+interrupted comparison continues where it stopped. The summary (final and best top-1 per
 run, mean and sample standard deviation per engine/precision, end-to-end training img/s from
 train.py's epoch times) is printed and written to --json after every run. With --report nothing
 is trained: the runs found in OUT_DIR (finished or not) are summarized, e.g. after several
@@ -19,16 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import torch  # noqa: E402
+import torch
 
-import train  # noqa: E402
-from bntt.checkpoint import write_atomic  # noqa: E402
+from bntt.checkpoint import RUN_CHECKPOINT, write_atomic
 
+TRAIN = Path(__file__).resolve().parents[2] / "train.py"
 PRECISIONS = {"fp32": "--no-amp", "bf16": "--amp"}
 
 
@@ -46,14 +46,16 @@ def run_name(engine: str, precision: str, seed: int) -> str:
 
 
 def train_argv(args, engine: str, precision: str, seed: int) -> list[str]:
-    folder = args.out_dir / run_name(engine, precision, seed)
-    if (folder / "last.pt").exists():
-        return ["--resume", str(folder), *args.overridable]
+    """train.py's flags for one run; the same flags plus --resume once it has a checkpoint."""
+    name = run_name(engine, precision, seed)
     argv = ["--config", str(args.config)] if args.config else []
     if args.num_epochs:
         argv += ["--num_epochs", str(args.num_epochs)]
-    return argv + [*args.train_flags, "--engine", engine, PRECISIONS[precision], "--seed", str(seed),
-                   "--out_dir", str(args.out_dir), "--run_name", run_name(engine, precision, seed)]
+    argv += [*args.train_flags, "--engine", engine, PRECISIONS[precision], "--seed", str(seed),
+             "--out_dir", str(args.out_dir), "--run_name", name]
+    if (args.out_dir / name / RUN_CHECKPOINT).exists():
+        argv = ["--resume", str(args.out_dir / name), *argv]
+    return argv
 
 
 def summarize_run(folder: Path) -> dict:
@@ -117,15 +119,13 @@ def main(argv=None) -> int:
     if args.report:
         return report(args)
     args.train_flags = train_flags
-    on_cuda = torch.cuda.is_available() and _value_of(train_flags, "device") not in ("cpu",)
-    if any(precision == "bf16" for _, precision, _ in args.runs) and not on_cuda:
+    if any(precision == "bf16" for _, precision, _ in args.runs) and not torch.cuda.is_available():
         parser.error("bf16 runs need a CUDA device: train.py's --amp autocasts on CUDA only")
-    args.overridable = _with_values(train_flags, train.RESUME_OVERRIDABLE)  # allowed on --resume
 
     runs = []
     for engine, precision, seed in args.runs:
         print(f"== {run_name(engine, precision, seed)}", flush=True)
-        code = train.cli(train_argv(args, engine, precision, seed))
+        code = subprocess.run([sys.executable, str(TRAIN), *train_argv(args, engine, precision, seed)]).returncode
         if code != 0:
             return code
         runs.append(run_entry(args.out_dir, engine, precision, seed))
@@ -157,28 +157,6 @@ def write_summary(path: Path | None, runs: list[dict]) -> None:
     if path:
         payload = json.dumps({"runs": runs, "groups": group_stats(runs)}, indent=2) + "\n"
         write_atomic(path, lambda f: f.write(payload.encode()))
-
-
-def _value_of(flags: list[str], name: str) -> str | None:
-    for i, flag in enumerate(flags):
-        if flag == f"--{name}" and i + 1 < len(flags):
-            return flags[i + 1]
-        if flag.startswith(f"--{name}="):
-            return flag.split("=", 1)[1]
-    return None
-
-
-def _with_values(flags: list[str], names) -> list[str]:
-    """The flags (with their values) among `flags` whose names are in `names`."""
-    kept, i = [], 0
-    while i < len(flags):
-        name = flags[i].lstrip("-").split("=")[0]
-        takes_value = "=" not in flags[i] and i + 1 < len(flags) and not flags[i + 1].startswith("--")
-        chunk = flags[i:i + 2] if takes_value else flags[i:i + 1]
-        if name in names or name.removeprefix("no-") in names:
-            kept += chunk
-        i += len(chunk)
-    return kept
 
 
 if __name__ == "__main__":

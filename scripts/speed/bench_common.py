@@ -1,25 +1,19 @@
 """The training and evaluation steps that benchmark.py and profile_step.py time."""
-import sys
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import build_model  # noqa: E402
-
-CLASSES = {"vgg9": 10, "vgg11": 100}  # CIFAR-10 for VGG9, CIFAR-100 for VGG11, as in the paper
-LEAK = {"vgg9": 0.95, "vgg11": 0.99}
+from bntt.models import build_model
+from bntt.paper import PAPER_RUNS, sgd
 
 
 def make_model(arch, steps, engine, device):
+    """The paper's network for `arch` (VGG9: CIFAR-10, VGG11: CIFAR-100) at T=`steps`."""
     torch.manual_seed(0)
-    model = build_model(arch, num_steps=steps, leak_mem=LEAK[arch], num_cls=CLASSES[arch],
-                        engine=engine).to(device)
-    if device.type == "cuda" and engine in ("auto", "fused"):
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    paper = PAPER_RUNS[arch]
+    model = build_model(arch, num_steps=steps, leak_mem=paper.leak_mem, num_cls=paper.num_cls)
+    return model.to(device).set_engine(engine)
 
 
 def autocast_for(device, amp):
@@ -30,9 +24,9 @@ def make_step(arch, steps, batch, engine, device, amp, model=None):
     """One SGD step (Poisson coding, forward, backward, update) on CIFAR-shaped random images."""
     model = model or make_model(arch, steps, engine, device)
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    optimizer = sgd(model.parameters(), lr=0.01)
     images = torch.randn(batch, 3, 32, 32, device=device)
-    labels = torch.randint(0, CLASSES[arch], (batch,), device=device)
+    labels = torch.randint(0, PAPER_RUNS[arch].num_cls, (batch,), device=device)
 
     def step():
         with autocast_for(device, amp):

@@ -1,20 +1,17 @@
 """Images/s that one data-loading process makes with the paper's augmentation: bntt's batched
 ImageDataset against torchvision's per-sample v2 pipeline that it reproduces.
 
-    python scripts/bench_loader.py              # CIFAR-shaped uint8 images, batch 256
-    python scripts/bench_loader.py --channels 1 # Fashion-MNIST-shaped
+    python scripts/speed/bench_loader.py              # CIFAR-shaped uint8 images, batch 256
+    python scripts/speed/bench_loader.py --channels 1 # Fashion-MNIST-shaped
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bntt.data import CIFAR_MEAN, CIFAR_STD, ImageDataset  # noqa: E402
+from bntt.data import CIFAR_MEAN, CIFAR_STD, ImageDataset
 
 
 class PerSample(Dataset):

@@ -1,8 +1,8 @@
 """Training and evaluation speed and peak memory of each engine, on the paper's two settings.
 
-    python scripts/benchmark.py                          # GPU: VGG9 T=25 b256, VGG11 T=30 b128
-    python scripts/benchmark.py --device cpu --quick     # CPU: tiny sizes, to see it run
-    python scripts/benchmark.py --engines fused --amp --json bench.json
+    python scripts/speed/benchmark.py                       # GPU: VGG9 T=25 b256, VGG11 T=30 b128
+    python scripts/speed/benchmark.py --device cpu --quick  # CPU: tiny sizes, to see it run
+    python scripts/speed/benchmark.py --engines fused --amp --json bench.json
 
 Training img/s is one full step (Poisson coding, forward, backward, SGD update) on
 CIFAR-shaped random images; evaluation img/s is a no-grad forward in eval mode. After warm-up
@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import make_eval_step, make_model, make_step
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import make_eval_step, make_model, make_step  # noqa: E402
-from bntt import engines  # noqa: E402
+from bntt import engines, fused
+from bntt.paper import PAPER_RUNS
 
-SETTINGS = {"vgg9": ("vgg9", 25, 256), "vgg11": ("vgg11", 30, 128)}  # the paper's: arch, T, batch
+SETTINGS = {arch: (arch, run.num_steps, run.batch_size) for arch, run in PAPER_RUNS.items()}
 QUICK = {"vgg9": ("vgg9", 2, 8), "vgg11": ("vgg11", 2, 4)}
-# The authors' code on one H100 (SPEC.md): train img/s, peak GiB, eval img/s.
+# The authors' code on one H100 (docs/spec.md, section 7): train img/s, peak GiB, eval img/s.
 AUTHORS_H100 = {"vgg9": (802, 19.4, 1602), "vgg11": (431, 8.9, 1516)}
 
 
@@ -84,7 +83,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     names = args.engines or ["reference", "multistep"] + (
-        ["fused"] if engines.fused_kernels.available(torch.empty(0, device=device)) else [])
+        ["fused"] if fused.available(torch.empty(0, device=device)) else [])
     table = QUICK if args.quick else SETTINGS
     results = []
     for arch in args.archs:
@@ -103,7 +102,7 @@ def main(argv=None):
     if device.type == "cuda" and not args.quick:
         for arch in args.archs:
             train, mem, ev = AUTHORS_H100[arch]
-            print(f"{arch}: the authors' code on an H100 (SPEC.md): train {train} img/s, "
+            print(f"{arch}: the authors' code on an H100 (docs/spec.md): train {train} img/s, "
                   f"{mem} GiB, eval {ev} img/s")
     if args.json:
         args.json.write_text(json.dumps({"device": gpu, "torch": torch.__version__, "amp": args.amp,

@@ -1,21 +1,20 @@
 """Where the time of one training step goes: torch.profiler over a few steps, kernels grouped
 by name, with their share of device time and of the step.
 
-    python scripts/profile_step.py                         # GPU: fused VGG9, T=25, batch 256, bf16
-    python scripts/profile_step.py --arch vgg11 --engine multistep --no-amp
-    python scripts/profile_step.py --device cpu --steps 2 --batch 4 --engine multistep
+    python scripts/speed/profile_step.py                   # GPU: fused VGG9, T=25, batch 256, bf16
+    python scripts/speed/profile_step.py --arch vgg11 --engine multistep --no-amp
+    python scripts/speed/profile_step.py --device cpu --steps 2 --batch 4 --engine multistep
 
 Writes a Chrome trace (--trace FILE) for chrome://tracing or Perfetto when asked.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import torch
+from bench_common import make_step
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import make_step  # noqa: E402
+from bntt.paper import PAPER_RUNS
 
 
 def main(argv=None):
@@ -31,8 +30,8 @@ def main(argv=None):
     parser.add_argument("--trace", type=Path)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    steps = args.steps or (25 if args.arch == "vgg9" else 30)
-    batch = args.batch or (256 if args.arch == "vgg9" else 128)
+    steps = args.steps or PAPER_RUNS[args.arch].num_steps
+    batch = args.batch or PAPER_RUNS[args.arch].batch_size
     step = make_step(args.arch, steps, batch, args.engine, device, args.amp and device.type == "cuda")
     for _ in range(2):
         step()
