@@ -6,23 +6,28 @@ served as float images with the CIFAR recipe of the paper (random 32x32 crop of 
 normalisation only for testing. Fashion-MNIST is zero-padded from 28x28 to 32x32 with one
 channel, then follows the same recipe.
 
-A dataset that is missing raises `DataUnavailable` with one line saying where the files must be
-and how to get them; nothing is written in that case.
+A dataset that is missing, damaged or inconsistent (a label outside the classes) raises
+`DataUnavailable` with one line saying which file is at fault, or where the files must be and how
+to get them; nothing is written in that case.
 """
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import shutil
 import socket
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from bntt.names import check_name
 
 BUNDLED_FASHION_MNIST = Path(__file__).resolve().parent / "assets" / "fashion-mnist-subset"
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian: dataset-fashion-mnist
@@ -34,7 +39,12 @@ OFFLINE_ENV = "BNTT_OFFLINE"  # set to 1 to never try a download
 
 
 class DataUnavailable(Exception):
-    """The dataset's files are missing and cannot be fetched; the message says what to do."""
+    """The dataset's files are missing, damaged or cannot be fetched; the message says what to do."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{exc.__class__.__name__}: {text.splitlines()[0]}" if text else exc.__class__.__name__
 
 
 @dataclass(frozen=True)
@@ -60,9 +70,7 @@ DATASETS = {
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    return DATASETS[name]
+    return DATASETS[check_name("dataset", name, DATASETS)]
 
 
 # -- readers of the on-disk formats ---------------------------------------------------------
@@ -70,15 +78,24 @@ def dataset_info(name: str) -> DatasetInfo:
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (the MNIST format), gzip-compressed or not, as a uint8 array."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise DataUnavailable(f"{path} cannot be read ({_first_line(exc)}); "
+                              "replace it with an intact copy") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataUnavailable(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataUnavailable(f"{path} is truncated: its header ends after {len(data)} of "
+                              f"{header} bytes")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(shape)):
-        raise DataUnavailable(f"{path} is truncated: expected {int(np.prod(shape))} values, "
+    expected = math.prod(shape)  # exact: np.prod wraps around in int64 for absurd headers
+    body = np.frombuffer(data, dtype=np.uint8, offset=header)
+    if body.size != expected:
+        raise DataUnavailable(f"{path} is truncated: expected {expected} values, "
                               f"found {body.size}")
     return body.reshape(shape)
 
@@ -125,32 +142,111 @@ def load_fashion_mnist(folder: Path):
 
 
 CIFAR = {
-    # name: (folder inside data_dir, train files, test files, label key, torchvision class)
+    # name: (folder inside data_dir, train files, test files, label key, torchvision class, URL)
+    # The URL is torchvision's, written out so that saying where to get the files does not
+    # need torchvision; the download itself uses torchvision's URL and checksum.
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                "labels", "CIFAR10"),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", "CIFAR100"),
+                "labels", "CIFAR10", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", "CIFAR100",
+                 "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
 }
+CIFAR_ROW = 3 * 32 * 32
+
+
+def _latin1_encode(text, encoding="utf-8", errors="strict"):
+    """`_codecs.encode` as Python 3 pickles bytes at protocols 0-2, limited to that use."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1", errors)
+
+
+def _numpy_pickle_globals() -> dict:
+    # Taken from the reductions numpy itself uses, so the functions are the right ones
+    # whichever numpy is installed; pickles name them under numpy.core (numpy 1.x, the real
+    # CIFAR files) or numpy._core (numpy 2.x).
+    reconstruct = np.zeros(1, dtype=np.uint8).__reduce__()[0]
+    frombuffer = np.zeros(1, dtype=np.uint8).__reduce_ex__(5)[0]  # protocol 5 pickles
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): _latin1_encode}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{package}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR python-version file holds (dicts, lists, strings, ints and NumPy
+    arrays) and nothing else: plain pickle.load would call whatever a crafted file names."""
+
+    ALLOWED = _numpy_pickle_globals()
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="latin1")  # the files were written by Python 2
+        self.path = path
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[(module, name)]
+        raise DataUnavailable(f"{self.path} is not a CIFAR batch: its pickle refers to "
+                              f"{module}.{name}, which CIFAR files never do, so it was not loaded")
+
+    def persistent_load(self, pid):
+        raise DataUnavailable(f"{self.path} is not a CIFAR batch: its pickle holds a persistent id")
+
+
+def _read_cifar_file(path: Path, label_key: str):
+    """(images uint8 [N, 3, 32, 32], labels int64 [N]) of one batch file, checked."""
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, path).load()
+    except DataUnavailable:
+        raise
+    except Exception as exc:  # a damaged pickle can fail in any way
+        raise DataUnavailable(f"{path} is not a readable CIFAR batch ({_first_line(exc)}); "
+                              "replace it with an intact copy") from None
+
+    def bad(what):
+        return DataUnavailable(f"{path} is not a CIFAR batch: {what}")
+
+    if not isinstance(entry, dict):
+        raise bad(f"it holds a {type(entry).__name__}, not a dict")
+    for key in ("data", label_key):
+        if key not in entry:
+            raise bad(f"it has no {key!r} entry")
+    images = entry["data"]
+    if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim == 0
+            or images.size % CIFAR_ROW):
+        shown = (f"a {images.dtype} array of shape {images.shape}"
+                 if isinstance(images, np.ndarray) else f"a {type(images).__name__}")
+        raise bad(f"'data' is {shown}, not uint8 rows of {CIFAR_ROW} values")
+    images = images.reshape(-1, 3, 32, 32)
+    try:
+        labels = np.asarray(entry[label_key])
+    except (ValueError, OverflowError) as exc:
+        raise bad(f"{label_key!r} is not a list of integers ({_first_line(exc)})") from None
+    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        raise bad(f"{label_key!r} is not a list of integers")
+    if labels.dtype == np.uint64 and labels.size and labels.max() > np.iinfo(np.int64).max:
+        raise bad(f"{label_key!r} holds {labels.max()}, too large for a label")
+    if len(labels) != len(images):
+        raise bad(f"{len(images)} images but {len(labels)} labels")
+    return images, labels.astype(np.int64)
 
 
 def _read_cifar_files(folder: Path, files, label_key):
-    images, labels = [], []
-    for name in files:
-        with open(folder / name, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(entry[label_key])
-    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
+    images, labels = zip(*(_read_cifar_file(folder / name, label_key) for name in files))
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 
 def load_cifar(name: str, data_dir: Path):
-    folder_name, train_files, test_files, label_key, _ = CIFAR[name]
+    folder_name, train_files, test_files, label_key, _, _ = CIFAR[name]
     folder = data_dir / folder_name
     return (*_read_cifar_files(folder, train_files, label_key),
             *_read_cifar_files(folder, test_files, label_key))
 
 
 def cifar_present(name: str, data_dir: Path) -> bool:
-    folder_name, train_files, test_files, _, _ = CIFAR[name]
+    folder_name, train_files, test_files, _, _, _ = CIFAR[name]
     return all((data_dir / folder_name / f).is_file() for f in train_files + test_files)
 
 
@@ -169,7 +265,11 @@ def _download(fetch, data_dir: Path, what: str, instructions: str) -> None:
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(60)
     try:
-        fetch(tmp)
+        try:
+            fetch(tmp)
+        except ImportError as exc:  # torchvision is imported only here, where it is needed
+            raise DataUnavailable(f"{what}, and downloading it needs torchvision, which cannot be "
+                                  f"imported ({_first_line(exc)}). {instructions}") from None
         data_dir.mkdir(parents=True, exist_ok=True)
         for item in tmp.iterdir():
             target = data_dir / item.name
@@ -185,11 +285,13 @@ def _download(fetch, data_dir: Path, what: str, instructions: str) -> None:
 
 
 def _fetch_cifar(name: str):
-    import torchvision.datasets as tvd
-    from torchvision.datasets.utils import download_and_extract_archive
-    cls = getattr(tvd, CIFAR[name][4])
-    return lambda tmp: download_and_extract_archive(cls.url, str(tmp), filename=cls.filename,
-                                                    md5=cls.tgz_md5, remove_finished=True)
+    def fetch(tmp: Path) -> None:
+        import torchvision.datasets as tvd
+        from torchvision.datasets.utils import download_and_extract_archive
+        cls = getattr(tvd, CIFAR[name][4])
+        download_and_extract_archive(cls.url, str(tmp), filename=cls.filename, md5=cls.tgz_md5,
+                                     remove_finished=True)
+    return fetch
 
 
 def _fetch_fashion_mnist(tmp: Path) -> None:
@@ -200,12 +302,31 @@ def _fetch_fashion_mnist(tmp: Path) -> None:
         download_url(tvd.FashionMNIST.mirrors[0] + filename, str(folder), filename=filename, md5=md5)
 
 
+def check_arrays(name: str, where, arrays) -> None:
+    """Images and labels pair up and every label names one of the dataset's classes: a label
+    past the classifier's outputs would otherwise fail deep in training, or pass silently as
+    a negative index, after the run folder was written."""
+    num_cls = dataset_info(name).num_cls
+    for split, images, labels in (("train", *arrays[:2]), ("test", *arrays[2:])):
+        if len(images) != len(labels):
+            raise DataUnavailable(f"{name} {split} set in {where} has {len(images)} images but "
+                                  f"{len(labels)} labels")
+        outside = (labels < 0) | (labels >= num_cls)
+        if bool(outside.any()):
+            first = int(labels[outside][0])
+            raise DataUnavailable(f"{name} {split} labels in {where} include {first} "
+                                  f"({int(outside.sum())} outside the allowed range 0..{num_cls - 1} "
+                                  f"of its {num_cls} classes)")
+
+
 def load_arrays(name: str, data_dir, download: bool = False):
     """(train_images, train_labels, test_images, test_labels): uint8 [N, C, H, W] and int64 [N]."""
     dataset_info(name)
     data_dir = Path(data_dir)
     if name == "fashionmnist_subset":
-        return load_fashion_mnist(BUNDLED_FASHION_MNIST)
+        arrays = load_fashion_mnist(BUNDLED_FASHION_MNIST)
+        check_arrays(name, BUNDLED_FASHION_MNIST, arrays)
+        return arrays
     if name == "fashionmnist":
         folder = fashion_mnist_folder(data_dir)
         if folder is None or download:
@@ -215,17 +336,19 @@ def load_arrays(name: str, data_dir, download: bool = False):
                       "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
                       f"t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in {data_dir}.")
             folder = fashion_mnist_folder(data_dir)
-        return load_fashion_mnist(folder)
-    folder_name = CIFAR[name][0]
+        arrays = load_fashion_mnist(folder)
+        check_arrays(name, folder, arrays)
+        return arrays
+    folder_name, url = CIFAR[name][0], CIFAR[name][5]
     if not cifar_present(name, data_dir) or download:
-        import torchvision.datasets as tvd
-        cls = getattr(tvd, CIFAR[name][4])
         _download(_fetch_cifar(name), data_dir,
                   f"{name.upper()} not found in {data_dir / folder_name}",
-                  f"Extract {cls.url} (the python version) into {data_dir}, so that "
+                  f"Extract {url} (the python version) into {data_dir}, so that "
                   f"{data_dir / folder_name} holds its files, or run with --download on a "
                   "machine with internet.")
-    return load_cifar(name, data_dir)
+    arrays = load_cifar(name, data_dir)
+    check_arrays(name, data_dir / folder_name, arrays)
+    return arrays
 
 
 # -- datasets and loaders -------------------------------------------------------------------
