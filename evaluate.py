@@ -161,8 +161,15 @@ def csv_bytes(rows: list) -> bytes:
     return buf.getvalue().encode()
 
 
+def make_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {out_dir}: "
+                         f"{exc.strerror or exc.__class__.__name__}") from None
+
+
 def write_outputs(report: dict, layers: list, out_dir: Path, plots: bool) -> list:
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "early_exit.json": (json.dumps(report, indent=2) + "\n").encode(),
         "accuracy_per_step.csv": csv_bytes(report["per_step"]),
@@ -236,9 +243,20 @@ def main(argv=None) -> int:
     for value, name in [(args.exit_threshold, "--exit_threshold")] + [(c, "--confidence") for c in args.confidence]:
         if not (math.isfinite(value) and value > 0):
             raise UsageError(f"{name} must be a positive number, got {value}")
-    if args.batch_size < 1:
-        raise UsageError(f"batch_size must be >= 1, got {args.batch_size}")
+    checks = [
+        (args.batch_size >= 1, f"batch_size must be >= 1, got {args.batch_size}"),
+        (args.leak_mem is None or 0 < args.leak_mem <= 1, f"leak_mem must be in (0, 1], got {args.leak_mem}"),
+        (args.test_samples >= 0, f"test_samples must be >= 0, got {args.test_samples}"),
+        (args.num_workers >= 0, f"num_workers must be >= 0, got {args.num_workers}"),
+        (0 <= args.eval_seed < 2 ** 32, f"eval_seed must be in 0..{2 ** 32 - 1}, got {args.eval_seed}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
     source = checkpoint_file(args.checkpoint)
+    out_dir = Path(args.out_dir) if args.out_dir else source.parent / "early_exit"
+    if out_dir.exists() and not out_dir.is_dir():  # found before the long pass, not after it
+        raise UsageError(f"--out_dir {out_dir} is a file, not a folder")
     ckpt = load_checkpoint(source)
     device = pick_device(args.device)
     model, dataset, cfg, desc = model_for(ckpt, args, str(source))
@@ -259,7 +277,7 @@ def main(argv=None) -> int:
                    "batch_size": args.batch_size, "arch": desc["arch"],
                    "leak_mem": model.leak_mem})
     print_report(report, layers)
-    out_dir = Path(args.out_dir) if args.out_dir else source.parent / "early_exit"
+    make_out_dir(out_dir)
     written = write_outputs(report, layers, out_dir, plots=not args.no_plots)
     print(f"\nwrote {', '.join(written)} and TensorBoard events to {out_dir}")
     return 0

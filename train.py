@@ -12,6 +12,7 @@ flags given on the command line override it. A run folder holds last.pt and best
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import random
@@ -27,14 +28,17 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from bntt.checkpoint import (BEST_CHECKPOINT, RUN_CHECKPOINT, load_checkpoint, load_model_state,
-                             model_state, rng_state, run_folder_of, save_atomic, set_rng_state)
+from bntt.checkpoint import (BEST_CHECKPOINT, RUN_CHECKPOINT, CheckpointError, checkpoint_file,
+                             load_checkpoint, load_model_state, model_state, rng_state,
+                             run_folder_of, save_atomic, set_rng_state)
+from bntt.checkpoint import write_atomic
 from bntt.cli import UsageError, autocast, pick_device, run_cli
 from bntt.data import DATASETS, dataset_info, make_datasets, make_loaders
 from bntt.engines import ENGINES
 from bntt.engines import resolve as resolve_engine
 from bntt.names import check_name
 from bntt.paper import sgd
+from bntt.runlock import RunFolderBusy, RunLock
 from model import ARCHS, build_model
 from utill import AverageMeter, correct_topk, lr_at_epoch
 
@@ -66,11 +70,15 @@ OPTIONS = {
     "train_samples": (int, 0, "use only the first N training images (0: all)"),
     "test_samples": (int, 0, "use only the first N test images (0: all)"),
 }
-# Flags that may differ between a run and its resumption. The others would change the run.
-# (A resumed run is bit-identical to an uninterrupted one only on the same device and with
-# the same num_workers: worker processes draw the augmentation from their own seeds.)
-RESUME_OVERRIDABLE = {"num_workers", "device", "data_dir", "download", "train_display_freq",
-                      "test_display_freq", "resume"}
+# Flags that may differ between a run and its resumption; the others would change the run.
+# num_workers is not among them: each worker process draws the augmentation from its own seed,
+# so another worker count gives other batches. A resumed run is bit-identical to an
+# uninterrupted one on the same device (docs/reliability.md).
+RESUME_OVERRIDABLE = {"device", "data_dir", "download", "train_display_freq", "test_display_freq",
+                      "resume"}
+# What a checkpoint must hold to be resumed.
+TRAINING_STATE = ("state_dict", "optimizer", "epoch", "accuracy", "best_epoch", "rng", "config")
+SEED_RANGE = 2 ** 32  # NumPy's seeds are 32-bit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +102,12 @@ def read_config_file(path: str) -> dict:
             values = tomllib.load(f)
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"config file {path} is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise UsageError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not UTF-8 text (TOML files are)") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     for key, value in values.items():
@@ -125,28 +139,49 @@ def validate(cfg: dict) -> None:
          "train_display_freq and test_display_freq must be >= 1"),
         (cfg["train_samples"] >= 0 and cfg["test_samples"] >= 0,
          "train_samples and test_samples must be >= 0"),
+        (0 <= cfg["seed"] < SEED_RANGE, f"seed must be in 0..{SEED_RANGE - 1}, got {cfg['seed']}"),
+        (0 <= cfg["eval_seed"] < SEED_RANGE,
+         f"eval_seed must be in 0..{SEED_RANGE - 1}, got {cfg['eval_seed']}"),
+        (plain_folder_name(cfg["run_name"]) or not cfg["run_name"],
+         f"run_name must be a plain folder name (no '/', not '.' or '..', at most 255 bytes), "
+         f"got {cfg['run_name']!r}"),
     ]
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
 
 
+def plain_folder_name(name: str) -> bool:
+    """A single folder name: run folders stay inside out_dir."""
+    return (name not in ("", ".", "..") and "/" not in name and "\0" not in name
+            and len(name.encode(errors="surrogateescape")) <= 255)
+
+
+def parse_flags(argv) -> dict:
+    """The options given on the command line, and only those."""
+    return vars(build_parser().parse_args(argv))
+
+
 def resolve_config(argv) -> tuple[dict, dict | None]:
     """Defaults < config file < command line; with --resume, the checkpoint's config instead of
-    the first two. Returns (config, checkpoint or None)."""
-    explicit = vars(build_parser().parse_args(argv))
+    the first two, and the file's values like flags: only those that repeat the run's own or
+    are in RESUME_OVERRIDABLE are accepted. Returns (config, checkpoint or None)."""
+    explicit = parse_flags(argv)
     cfg = {name: default for name, (_, default, _) in OPTIONS.items()}
-    if "config" in explicit:
-        cfg.update(read_config_file(explicit.pop("config")))
-    cfg.update(explicit)
+    given = read_config_file(explicit.pop("config")) if "config" in explicit else {}
+    given.update(explicit)
+    cfg.update(given)
     ckpt = None
     if cfg["resume"]:
         ckpt = load_checkpoint(cfg["resume"])
-        if "config" not in ckpt or "optimizer" not in ckpt:
-            raise UsageError(f"{cfg['resume']} has no training state to resume (was it written by "
-                             "this train.py?)")
+        missing = [key for key in TRAINING_STATE if key not in ckpt]
+        if missing:
+            raise UsageError(f"{checkpoint_file(cfg['resume'])} has no training state to resume "
+                             f"(no {', '.join(missing)}; was it written by this train.py?)")
+        if not isinstance(ckpt["config"], dict):
+            raise UsageError(f"{checkpoint_file(cfg['resume'])} holds no run configuration")
         saved = dict(ckpt["config"])
-        for key, value in explicit.items():
+        for key, value in given.items():
             if key in RESUME_OVERRIDABLE:
                 saved[key] = value
             elif saved.get(key) != value:
@@ -229,13 +264,29 @@ def prepare_run(cfg: dict, ckpt: dict | None) -> Run:
     run = Run(cfg, folder, device, model, sgd(model.parameters(), cfg["lr"]), train_loader,
               test_loader, engine=resolve_engine(cfg["engine"], next(model.parameters())))
     if ckpt is not None:
-        load_model_state(model, model_state(ckpt), cfg["arch"], source=cfg["resume"])
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-        run.start_epoch, run.best_acc, run.best_epoch = ckpt["epoch"], ckpt["accuracy"], ckpt["best_epoch"]
-        set_rng_state(ckpt["rng"])
+        restore(run, ckpt)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return run
+
+
+def restore(run: Run, ckpt: dict) -> None:
+    """Model, optimiser, epoch counters and random generators from a checkpoint; a checkpoint
+    whose parts do not fit (made by hand, or by another program) is one CheckpointError."""
+    source = checkpoint_file(run.cfg["resume"])
+    load_model_state(run.model, model_state(ckpt), run.cfg["arch"], source=str(source))
+    try:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.start_epoch, run.best_acc, run.best_epoch = (int(ckpt["epoch"]), float(ckpt["accuracy"]),
+                                                         int(ckpt["best_epoch"]))
+        set_rng_state(ckpt["rng"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(f"{source} does not hold a training state this run can continue "
+                              f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                              ) from None
+    if not 0 <= run.start_epoch <= run.cfg["num_epochs"]:
+        raise CheckpointError(f"{source} says it finished epoch {run.start_epoch} of "
+                              f"{run.cfg['num_epochs']}")
 
 
 def train_epoch(run: Run, desc: str) -> dict:
@@ -286,17 +337,38 @@ def evaluate(run: Run, desc: str) -> dict:
             "test_top5": 100.0 * correct5 / total, "test_images": total}
 
 
+def claim_folder(run: Run) -> RunLock:
+    """Create the run folder and lock it for this process; then no other process writes there,
+    and temporaries left by a killed checkpoint write can go."""
+    try:
+        run.folder.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run.folder).acquire()
+    except RunFolderBusy as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot create the run folder {run.folder}: "
+                         f"{exc.strerror or exc.__class__.__name__}") from None
+    if not run.cfg["resume"] and (run.folder / RUN_CHECKPOINT).exists():
+        lock.release()  # another run finished there since prepare_run looked
+        raise UsageError(f"{run.folder} already holds a run; continue it with --resume "
+                         f"{run.folder} or pick another --run_name")
+    for name in (RUN_CHECKPOINT, BEST_CHECKPOINT):
+        for stale in run.folder.glob(f".{name}.*.tmp"):  # see bntt.checkpoint.write_atomic
+            stale.unlink()
+    return lock
+
+
 class Outputs:
     """The run folder's logs: config.json, metrics.jsonl (one line per epoch) and TensorBoard."""
 
     def __init__(self, run: Run):
         from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
-        run.folder.mkdir(parents=True, exist_ok=True)
-        (run.folder / "config.json").write_text(json.dumps(run.cfg, indent=2) + "\n")
         self.metrics_path = run.folder / "metrics.jsonl"
         kept = read_metrics(self.metrics_path, run.start_epoch)  # epochs the checkpoint holds
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        write_atomic(run.folder / "config.json",
+                     lambda f: f.write((json.dumps(run.cfg, indent=2) + "\n").encode()))
+        write_atomic(self.metrics_path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
         self.writer = SummaryWriter(str(run.folder),
                                     purge_step=run.start_epoch + 1 if run.start_epoch else None)
 
@@ -322,20 +394,62 @@ class Outputs:
 
 
 def read_metrics(path: Path, up_to_epoch: int) -> list[str]:
+    """The lines of metrics.jsonl for epochs 1..up_to_epoch. A last line cut short by a kill
+    is dropped (its epoch has no checkpoint and is trained again); damage elsewhere is an error."""
     if not path.exists():
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return [line for line in lines if json.loads(line)["epoch"] <= up_to_epoch]
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            epoch = json.loads(line)["epoch"]
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):
+                break
+            raise UsageError(f"{path} line {number} is not a metrics record; repair or remove "
+                             "that line to resume") from None
+        if epoch <= up_to_epoch:
+            kept.append(line)
+    return kept
 
 
 def save_checkpoints(run: Run, epoch: int, improved: bool) -> None:
-    """last.pt every epoch, best.pt when the test top-1 improved; each written atomically."""
+    """last.pt every epoch, best.pt when the test top-1 improved; each written atomically, so a
+    failed or interrupted write leaves the previous file as it was."""
     ckpt = {"state_dict": run.model.state_dict(), "global_step": epoch, "accuracy": run.best_acc,
             "best_epoch": run.best_epoch, "epoch": epoch, "optimizer": run.optimizer.state_dict(),
             "rng": rng_state(), "config": run.cfg}
-    if improved:
-        save_atomic(ckpt, run.folder / BEST_CHECKPOINT)
-    save_atomic(ckpt, run.folder / RUN_CHECKPOINT)
+    for name in ([BEST_CHECKPOINT] if improved else []) + [RUN_CHECKPOINT]:
+        try:
+            save_atomic(ckpt, run.folder / name)
+        except (OSError, RuntimeError) as exc:
+            cause = os_error_in(exc)  # torch's zip writer reports a failed write as RuntimeError
+            if cause is None:
+                raise
+            reason = "no space left on device" if cause.errno == errno.ENOSPC else cause.strerror
+            raise CheckpointError(f"cannot write {run.folder / name} ({reason or cause}); the "
+                                  f"previous {name}, if any, is intact") from None
+
+
+def os_error_in(exc: BaseException | None) -> OSError | None:
+    """The OSError that `exc` is or that led to it, if any."""
+    while exc is not None and not isinstance(exc, OSError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def check_finite(run: Run, epoch: int) -> None:
+    """Stop before a diverged network reaches a checkpoint or the logs: a finite loss can hide
+    inf running variances or weights (a huge learning rate does that)."""
+    state = run.model.state_dict()
+    momenta = {f"momentum of {name}": run.optimizer.state[p].get("momentum_buffer")
+               for name, p in run.model.named_parameters() if p in run.optimizer.state}
+    for name, value in {**state, **momenta}.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all()):
+            kept = (f"{RUN_CHECKPOINT} still holds epoch {epoch - 1}" if epoch > 1
+                    else "no checkpoint was written")
+            raise FloatingPointError(f"training diverged in epoch {epoch}: {name} holds non-finite "
+                                     f"values; {kept}. Try a lower --lr")
 
 
 def run_epoch(run: Run, epoch: int) -> dict:
@@ -347,6 +461,7 @@ def run_epoch(run: Run, epoch: int) -> dict:
     started = time.perf_counter()
     row = {"epoch": epoch + 1, "lr": lr}
     row.update(train_epoch(run, f"epoch {epoch + 1} train"))
+    check_finite(run, epoch + 1)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     row["epoch_seconds"] = time.perf_counter() - started
@@ -384,6 +499,12 @@ def train_epochs(run: Run, outputs: Outputs) -> dict | None:
 def main(argv=None) -> int:
     cfg, ckpt = resolve_config(argv)
     run = prepare_run(cfg, ckpt)
+    with claim_folder(run):
+        return train_in_folder(run)
+
+
+def train_in_folder(run: Run) -> int:
+    cfg = run.cfg
     outputs = Outputs(run)
     n_params = sum(p.numel() for p in run.model.parameters())
     tqdm.write(f"{cfg['arch']} on {cfg['dataset']} ({len(run.train_loader.dataset)} train / "

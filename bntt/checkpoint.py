@@ -79,11 +79,20 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle, zip and weights_only errors all mean "not ours"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first_line})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({_load_failure(exc)})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load refused a file, without torch's advice to retry with weights_only=False:
+    a file that needs it can run code, and one from elsewhere must not be loaded that way."""
+    advice = ("weights_only", "Weights only load failed", "Check the documentation", "file an issue")
+    lines = [line.replace("WeightsUnpickler error:", "").strip() for line in str(exc).splitlines()
+             if not any(a in line for a in advice)]
+    lines = [line for line in lines if line]
+    return lines[0] if lines else exc.__class__.__name__
 
 
 def model_state(ckpt: dict) -> dict:

@@ -1,0 +1,273 @@
+"""Runs that cannot be corrupted: one process per run folder, a divergence guard that keeps the
+last good checkpoint, resume that refuses what would change the run, stale temporaries removed,
+and one line (exit 2) for every bad input instead of a traceback."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate
+import train
+from bntt.checkpoint import load_checkpoint, write_atomic
+from bntt.runlock import RunLock
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--dataset", "fashionmnist_subset", "--arch", "vgg9", "--num_steps", "2", "--batch_size", "32",
+        "--lr", "0.1", "--leak_mem", "0.95", "--num_workers", "0", "--train_samples", "64",
+        "--test_samples", "40", "--device", "cpu"]
+
+
+def cli_error(capsys, main, argv):
+    """Exit code and stderr without the progress bars of the epochs that ran."""
+    code = main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.strip() and "%|" not in line and line.strip() != "\x1b[A"]
+    return code, "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def one_epoch_of_two(tmp_path_factory):
+    """A run folder after epoch 1 of 2 (so it can be resumed), made once for the module."""
+    out = tmp_path_factory.mktemp("runs")
+    assert train.cli([*TINY, "--num_epochs", "1", "--out_dir", str(out), "--run_name", "r"]) == 0
+    ckpt = torch.load(out / "r" / "last.pt", weights_only=True)
+    ckpt["config"]["num_epochs"] = 2  # as if stopped after epoch 1 of a 2-epoch run
+    torch.save(ckpt, out / "r" / "last.pt")
+    return out / "r"
+
+
+def copy_run(run_dir: Path, to: Path) -> Path:
+    to.mkdir(parents=True)
+    for f in run_dir.iterdir():
+        if f.is_file():
+            (to / f.name).write_bytes(f.read_bytes())
+    ckpt = torch.load(to / "last.pt", weights_only=True)
+    ckpt["config"]["out_dir"], ckpt["config"]["run_name"] = str(to.parent), to.name
+    torch.save(ckpt, to / "last.pt")
+    return to
+
+
+# -- 1. one process per run folder ------------------------------------------------------------
+
+def test_a_second_process_on_a_folder_in_use_stops_and_a_killed_holder_does_not_block(tmp_path, capsys):
+    args = [*TINY, "--train_samples", "512", "--num_epochs", "30", "--out_dir", str(tmp_path),
+            "--run_name", "busy"]
+    env = dict(os.environ, TQDM_DISABLE="1", BNTT_OFFLINE="1")
+    holder = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = tmp_path / "busy"
+
+    def wait_for(condition):
+        deadline = time.time() + 120
+        while not condition() and holder.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert holder.poll() is None and condition(), "the first run did not get that far"
+
+    def refused(argv):
+        code, err = cli_error(capsys, train.cli, argv)
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"is in use by process {holder.pid} " in err, err
+
+    try:
+        lock = folder / ".lock"
+        wait_for(lambda: lock.exists() and f"process {holder.pid} " in lock.read_text())
+        refused([*TINY, "--num_epochs", "30", "--out_dir", str(tmp_path), "--run_name", "busy"])
+        wait_for(lambda: (folder / "last.pt").exists())
+        metrics_before = (folder / "metrics.jsonl").read_text()
+        refused(["--resume", str(folder)])
+        # the refused processes wrote nothing: the metrics only grow by the holder's own epochs
+        assert (folder / "metrics.jsonl").read_text().startswith(metrics_before)
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    RunLock(folder).acquire().release()  # the kernel dropped the dead holder's lock
+
+
+# -- 2. divergence ----------------------------------------------------------------------------
+
+def test_divergence_from_the_start_writes_no_checkpoint(tmp_path, capsys):
+    code, err = cli_error(capsys, train.cli, [*TINY, "--lr", "1e6", "--batch_size", "8", "--num_epochs", "2",
+                                              "--out_dir", str(tmp_path), "--run_name", "d"])
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert "diverged" in err or "loss became" in err
+    assert not (tmp_path / "d" / "last.pt").exists() and not (tmp_path / "d" / "best.pt").exists()
+
+
+def test_divergence_keeps_the_last_good_checkpoint_byte_identical(one_epoch_of_two, tmp_path, capsys):
+    run_dir = copy_run(one_epoch_of_two, tmp_path / "runs" / "r")
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    ckpt["config"].update(lr=1e6, batch_size=8)  # epoch 2: eight steps at this rate
+    torch.save(ckpt, run_dir / "last.pt")
+    before = {name: (run_dir / name).read_bytes() for name in ("last.pt", "best.pt")}
+    code, err = cli_error(capsys, train.cli, ["--resume", str(run_dir)])
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert "diverged in epoch 2" in err or "loss became" in err
+    for name, data in before.items():
+        assert (run_dir / name).read_bytes() == data, name
+    assert [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+# -- 3-5. resume keeps its promises -----------------------------------------------------------
+
+def test_resume_refuses_another_worker_count_and_a_config_file_that_changes_the_run(
+        one_epoch_of_two, tmp_path, capsys):
+    code, err = cli_error(capsys, train.cli, ["--resume", str(one_epoch_of_two), "--num_workers", "1"])
+    assert code == 2 and "cannot change num_workers when resuming" in err
+    other = tmp_path / "other.toml"
+    other.write_text("lr = 0.5\n")
+    code, err = cli_error(capsys, train.cli, ["--resume", str(one_epoch_of_two), "--config", str(other)])
+    assert code == 2 and "cannot change lr when resuming" in err and len(err.splitlines()) == 1
+    same = tmp_path / "same.toml"
+    same.write_text("lr = 0.1\nnum_workers = 0\narch = \"vgg9\"\n")  # repeats the run's values
+    cfg, _ = train.resolve_config(["--resume", str(one_epoch_of_two), "--config", str(same)])
+    assert cfg["lr"] == 0.1 and cfg["num_epochs"] == 2
+
+
+def test_resume_removes_stale_temporaries_and_a_cut_metrics_line(one_epoch_of_two, tmp_path):
+    run_dir = copy_run(one_epoch_of_two, tmp_path / "runs" / "r")
+    stale = [run_dir / ".last.pt.k1ll3d.tmp", run_dir / ".best.pt.x9.tmp"]
+    for f in stale:
+        f.write_bytes(b"\0" * 4096)  # what a kill during a checkpoint write leaves
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "lr": 0.1, "train_lo')  # a kill during the metrics write
+    assert train.cli(["--resume", str(run_dir)]) == 0
+    assert not any(f.exists() for f in stale)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_damaged_metrics_line_is_one_line_and_rewrites_nothing(one_epoch_of_two, tmp_path, capsys):
+    run_dir = copy_run(one_epoch_of_two, tmp_path / "runs" / "r")
+    good = (run_dir / "metrics.jsonl").read_text()
+    (run_dir / "metrics.jsonl").write_text("garbage\n" + good)
+    config_before = (run_dir / "config.json").read_bytes()
+    code, err = cli_error(capsys, train.cli, ["--resume", str(run_dir)])
+    assert code == 2 and "metrics.jsonl line 1 is not a metrics record" in err
+    assert (run_dir / "config.json").read_bytes() == config_before
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+# -- 6-7, 11. one line for every bad input ----------------------------------------------------
+
+@pytest.mark.parametrize("extra,message", [
+    (["--seed", "-1"], "seed must be in 0..4294967295, got -1"),
+    (["--seed", str(2 ** 32)], "seed must be in 0..4294967295"),
+    (["--run_name", "../x"], "run_name must be a plain folder name"),
+    (["--run_name", "/tmp/elsewhere"], "run_name must be a plain folder name"),
+    (["--run_name", "."], "run_name must be a plain folder name"),
+    (["--run_name", "x" * 300], "run_name must be a plain folder name"),
+])
+def test_bad_flags_are_one_line_and_write_nothing(tmp_path, capsys, extra, message):
+    out = tmp_path / "runs"
+    code, err = cli_error(capsys, train.cli, [*TINY, "--out_dir", str(out), *extra])
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_out_dir_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    code, err = cli_error(capsys, train.cli, [*TINY, "--out_dir", str(blocker), "--run_name", "r"])
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot create the run folder" in err
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"lr = \xff\xfe 0.1\n", "is not UTF-8 text"),
+    (None, "is a directory"),
+])
+def test_config_that_is_not_text_or_not_a_file(tmp_path, capsys, content, message):
+    path = tmp_path / "c.toml"
+    path.mkdir() if content is None else path.write_bytes(content)
+    code, err = cli_error(capsys, train.cli, ["--config", str(path)])
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("break_it,message", [
+    (lambda c: c.pop("rng"), "no rng"),
+    (lambda c: c.pop("epoch"), "no epoch"),
+    (lambda c: c.update(optimizer={"state": {}, "param_groups": []}), "does not hold a training state"),
+    (lambda c: c.update(rng={"torch": torch.zeros(3, dtype=torch.uint8)}), "does not hold a training state"),
+])
+def test_hand_made_checkpoints_are_one_line(one_epoch_of_two, tmp_path, capsys, break_it, message):
+    ckpt = torch.load(one_epoch_of_two / "last.pt", weights_only=True)
+    break_it(ckpt)
+    path = tmp_path / "hand.pt"
+    torch.save(ckpt, path)
+    code, err = cli_error(capsys, train.cli, ["--resume", str(path)])
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_random_bytes_checkpoint_never_suggests_unsafe_loading(tmp_path, capsys):
+    path = tmp_path / "random.pt"
+    path.write_bytes(os.urandom(4096))
+    code, err = cli_error(capsys, train.cli, ["--resume", str(path)])
+    assert code == 2 and "is not a readable checkpoint" in err and len(err.splitlines()) == 1
+    assert "weights_only" not in err and "will likely succeed" not in err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--leak_mem", "5"], "leak_mem must be in (0, 1], got 5.0"),
+    (["--test_samples", "-5"], "test_samples must be >= 0, got -5"),
+])
+def test_evaluate_bad_flags_are_one_line(one_epoch_of_two, capsys, extra, message):
+    code, err = cli_error(capsys, evaluate.cli, ["--checkpoint", str(one_epoch_of_two), *extra])
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_evaluate_out_dir_that_is_a_file(one_epoch_of_two, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    code, err = cli_error(capsys, evaluate.cli, ["--checkpoint", str(one_epoch_of_two),
+                                                 "--out_dir", str(blocker)])
+    assert code == 2 and "is a file, not a folder" in err and len(err.splitlines()) == 1
+
+
+# -- saving: a full disk and Ctrl-C leave the previous checkpoint as it was --------------------
+
+def test_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "last.pt"
+    write_atomic(target, lambda f: f.write(b"old checkpoint"))
+
+    def interrupted(f):
+        f.write(b"half of a new one")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, interrupted)
+    assert target.read_bytes() == b"old checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 160 MiB tmpfs, where a mount is allowed (root on Linux); skipped elsewhere."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_disk_full_while_saving_is_one_line_and_keeps_the_old_checkpoint(one_epoch_of_two, small_disk, capsys):
+    run_dir = copy_run(one_epoch_of_two, small_disk / "runs" / "r")
+    filler = small_disk / "filler"  # leave about a third of a checkpoint free
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"\0" * max(0, free - (run_dir / "last.pt").stat().st_size // 3))
+    before = (run_dir / "last.pt").read_bytes()
+    code, err = cli_error(capsys, train.cli, ["--resume", str(run_dir)])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "no space left on device" in err and "is intact" in err
+    assert (run_dir / "last.pt").read_bytes() == before
+    assert not list(run_dir.glob(".*.tmp"))
+    assert load_checkpoint(run_dir)["epoch"] == 1
