@@ -29,7 +29,7 @@ from bntt.checkpoint import (checkpoint_file, describe_state, load_checkpoint, l
 from bntt.cli import UsageError, autocast, pick_device, run_cli
 from bntt.data import DATASETS, dataset_info, make_datasets, make_test_loader
 from bntt.engines import ENGINES
-from model import build_model
+from bntt.models import build_for_dataset
 from utill import correct_topk
 
 DEFAULT_CONFIDENCES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -77,12 +77,16 @@ def model_for(ckpt: dict, args, source: str):
                          "train.py?); pass --leak_mem, e.g. 0.95 for their VGG9/CIFAR-10 command")
     dataset = args.dataset or cfg.get("dataset") or infer_dataset(desc)
     info = dataset_info(dataset)
-    if (info.num_cls, info.in_channels) != (desc["num_cls"], desc["in_channels"]):
+    if desc["arch"] != "fc" and (info.num_cls, info.in_channels) != (desc["num_cls"], desc["in_channels"]):
         raise UsageError(f"{source} has {desc['num_cls']} classes and {desc['in_channels']} input "
                          f"channels; {dataset} has {info.num_cls} and {info.in_channels}")
-    model = build_model(desc["arch"], num_steps=desc["num_steps"], leak_mem=leak,
-                        img_size=info.img_size, num_cls=desc["num_cls"],
-                        in_channels=desc["in_channels"])
+    try:
+        model = build_for_dataset(desc["arch"], dataset, desc["num_steps"], leak,
+                                  seq_order=cfg.get("seq_order", "rows"),
+                                  seq_coding=cfg.get("seq_coding", "direct"),
+                                  fc_hidden=desc.get("hidden", ()))
+    except ValueError as err:
+        raise UsageError(f"{source}: {err}") from None
     load_model_state(model, state, desc["arch"], source=source)
     return model, dataset, cfg, desc
 
@@ -265,7 +269,7 @@ def main(argv=None) -> int:
     except RuntimeError as err:
         raise UsageError(f"--engine {args.engine}: {err}") from None
     data_dir = args.data_dir or cfg.get("data_dir", "./data")
-    _, test_set = make_datasets(dataset, data_dir, download=False)
+    _, test_set = make_datasets(dataset, data_dir, download=False, num_steps=model.num_steps)
     if args.test_samples:
         test_set = torch.utils.data.Subset(test_set, range(min(args.test_samples, len(test_set))))
     loader = make_test_loader(test_set, args.batch_size, args.num_workers, pin_memory=device.type == "cuda")

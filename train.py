@@ -33,13 +33,14 @@ from bntt.checkpoint import (BEST_CHECKPOINT, RUN_CHECKPOINT, CheckpointError, c
                              run_folder_of, save_atomic, set_rng_state)
 from bntt.checkpoint import write_atomic
 from bntt.cli import UsageError, autocast, pick_device, run_cli
-from bntt.data import DATASETS, dataset_info, make_datasets, make_loaders
+from bntt.coding import SEQUENCE_CODINGS, SEQUENCE_ORDERS
+from bntt.data import DATASETS, make_datasets, make_loaders
 from bntt.engines import ENGINES
 from bntt.engines import resolve as resolve_engine
 from bntt.names import check_name
 from bntt.paper import sgd
 from bntt.runlock import RunFolderBusy, RunLock
-from model import ARCHS, build_model
+from bntt.models import ARCHS, build_for_dataset
 from utill import AverageMeter, correct_topk, lr_at_epoch
 
 # name: (type, default, help). Defaults up to test_display_freq are the authors'.
@@ -49,7 +50,7 @@ OPTIONS = {
     "batch_size": (int, 128, "training batch size (the test batch is twice this)"),
     "lr": (float, 0.1, "initial learning rate (divided by 10 after 50%%, 70%%, 90%% of the epochs)"),
     "leak_mem": (float, 0.99, "membrane leak lambda"),
-    "arch": (str, "vgg11", f"network: {', '.join(ARCHS)}"),
+    "arch": (str, "vgg11", f"network: {', '.join(ARCHS)} (fc: for the sequence datasets)"),
     "dataset": (str, "cifar100", f"dataset: {', '.join(DATASETS)}"),
     "num_epochs": (int, 120, "number of epochs"),
     "num_workers": (int, 4, "data loader worker processes"),
@@ -69,6 +70,11 @@ OPTIONS = {
     "eval_seed": (int, 0, "seed of the Poisson draws of every evaluation"),
     "train_samples": (int, 0, "use only the first N training images (0: all)"),
     "test_samples": (int, 0, "use only the first N test images (0: all)"),
+    "seq_order": (str, "rows", "sequence datasets: read an image row by row (T = 28) or by pixels "
+                               "(T = 784)"),
+    "seq_coding": (str, "direct", "sequence datasets: feed intensities as input currents (direct) "
+                                  "or as spikes firing with their probability (poisson)"),
+    "fc_hidden": (str, "256,256", "arch fc: hidden layer sizes, comma-separated"),
 }
 # Flags that may differ between a run and its resumption; the others would change the run.
 # num_workers is not among them: each worker process draws the augmentation from its own seed,
@@ -124,8 +130,10 @@ def read_config_file(path: str) -> dict:
 
 def validate(cfg: dict) -> None:
     try:
-        for kind, choices in (("arch", ARCHS), ("dataset", DATASETS), ("engine", ENGINES)):
+        for kind, choices in (("arch", ARCHS), ("dataset", DATASETS), ("engine", ENGINES),
+                              ("seq_order", SEQUENCE_ORDERS), ("seq_coding", SEQUENCE_CODINGS)):
             check_name(kind, cfg[kind], choices)
+        hidden_sizes(cfg)
     except ValueError as err:
         raise UsageError(str(err)) from None
     checks = [
@@ -149,6 +157,23 @@ def validate(cfg: dict) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+
+
+def hidden_sizes(cfg: dict) -> tuple[int, ...]:
+    """fc_hidden "256,256" -> (256, 256)."""
+    try:
+        sizes = tuple(int(part) for part in cfg["fc_hidden"].split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"fc_hidden must be positive sizes separated by commas, got {cfg['fc_hidden']!r}")
+    return sizes
+
+
+def build_network(cfg: dict):
+    """The network a run configuration describes (bntt.models.build_for_dataset)."""
+    return build_for_dataset(cfg["arch"], cfg["dataset"], cfg["num_steps"], cfg["leak_mem"],
+                             cfg["engine"], cfg["seq_order"], cfg["seq_coding"], hidden_sizes(cfg))
 
 
 def plain_folder_name(name: str) -> bool:
@@ -231,7 +256,8 @@ class Run:
 
 def load_data(cfg: dict, pin_memory: bool):
     """(train loader, test loader); a missing dataset or a bad size stops the run here."""
-    train_set, test_set = make_datasets(cfg["dataset"], cfg["data_dir"], cfg["download"])
+    train_set, test_set = make_datasets(cfg["dataset"], cfg["data_dir"], cfg["download"],
+                                        cfg["num_steps"])
     if cfg["train_samples"]:
         train_set = Subset(train_set, range(min(cfg["train_samples"], len(train_set))))
     if cfg["test_samples"]:
@@ -252,17 +278,17 @@ def prepare_run(cfg: dict, ckpt: dict | None) -> Run:
         raise UsageError(f"{folder} already holds a run; continue it with --resume {folder} "
                          "or pick another --run_name")
     seed_everything(cfg["seed"])
+    try:  # the initial weights are the first draws after the seed (loading data draws none)
+        model = build_network(cfg)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     train_loader, test_loader = load_data(cfg, pin_memory=device.type == "cuda")
-    info = dataset_info(cfg["dataset"])
-    model = build_model(cfg["arch"], num_steps=cfg["num_steps"], leak_mem=cfg["leak_mem"],
-                        img_size=info.img_size, num_cls=info.num_cls,
-                        in_channels=info.in_channels, engine=cfg["engine"]).to(device)
     try:
-        model.set_engine(cfg["engine"])
+        model = model.to(device).set_engine(cfg["engine"])
     except RuntimeError as err:
         raise UsageError(f"--engine {cfg['engine']}: {err}") from None
     run = Run(cfg, folder, device, model, sgd(model.parameters(), cfg["lr"]), train_loader,
-              test_loader, engine=resolve_engine(cfg["engine"], next(model.parameters())))
+              test_loader, engine=resolve_engine(cfg["engine"], next(model.parameters()), cfg["num_steps"]))
     if ckpt is not None:
         restore(run, ckpt)
     if device.type == "cuda":

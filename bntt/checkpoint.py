@@ -104,10 +104,18 @@ def model_state(ckpt: dict) -> dict:
 
 
 def describe_state(state: dict) -> dict:
-    """What network a state_dict is for: arch, num_steps, num_cls, in_channels."""
+    """What network a state_dict is for: arch, num_steps, num_cls, in_channels (and the hidden
+    sizes of an fc network)."""
     steps = {int(m.group(1)) for k in state if (m := re.fullmatch(r"bntt1\.(\d+)\.weight", k))}
+    if "fc_out.weight" in state and "fc1.weight" in state and steps:
+        hidden = []
+        while f"fc{len(hidden) + 1}.weight" in state:
+            hidden.append(state[f"fc{len(hidden) + 1}.weight"].shape[0])
+        return {"arch": "fc", "num_steps": max(steps) + 1, "num_cls": state["fc_out.weight"].shape[0],
+                "in_channels": state["fc1.weight"].shape[1], "hidden": tuple(hidden)}
     if "conv1.weight" not in state or "fc2.weight" not in state or not steps:
-        raise CheckpointError("state_dict is not a spiking VGG with BNTT (no conv1/bntt1/fc2)")
+        raise CheckpointError("state_dict is not a spiking network with BNTT (no conv1/bntt1/fc2 "
+                              "or fc1/bntt1/fc_out)")
     return {
         "arch": "vgg11" if "conv8.weight" in state else "vgg9",
         "num_steps": max(steps) + 1,

@@ -57,22 +57,26 @@ def run_multistep(model, spikes: torch.Tensor) -> torch.Tensor:
     return model.readout(x).unflatten(0, (steps, batch))
 
 
-def resolve(engine: str, like: torch.Tensor) -> str:
-    """The engine that will run on tensors like `like`: `auto` becomes `fused` or `multistep`;
-    `fused` where it cannot run is an error that says what it needs."""
+def resolve(engine: str, like: torch.Tensor, num_steps: int = 1) -> str:
+    """The engine that will run `num_steps` steps on tensors like `like`: `auto` becomes `fused`
+    or `multistep`; `fused` where it cannot run is an error that says what it needs."""
     from bntt import fused  # imported here: bntt.fused imports this module
 
     check_name("engine", engine, ENGINES)
+    fits = num_steps <= fused.MAX_STEPS
     if engine == "auto":
-        return "fused" if like.is_cuda and fused.available(like) else "multistep"
+        return "fused" if like.is_cuda and fused.available(like) and fits else "multistep"
     if engine == "fused" and not fused.available(like):
         raise RuntimeError("the fused engine needs a CUDA device and Triton "
                            "(or TRITON_INTERPRET=1 to run its kernels on the CPU, slowly)")
+    if engine == "fused" and not fits:
+        raise RuntimeError(f"the fused kernels handle at most {fused.MAX_STEPS} time steps, "
+                           f"not {num_steps}")
     return engine
 
 
 def run(engine: str, model, spikes: torch.Tensor) -> torch.Tensor:
-    engine = resolve(engine, spikes)
+    engine = resolve(engine, spikes, spikes.shape[0])
     if engine == "reference":
         return run_reference(model, spikes)
     if engine == "fused":
