@@ -392,7 +392,8 @@ def _read_arrays(name: str, data_dir: Path, download: bool, num_steps: int | Non
     if name == "cifar10dvs":
         from bntt.data.cifar10dvs import CIFAR10_DVS_FOLDER, load_cifar10_dvs
         size = dataset_info(name).img_size
-        return load_cifar10_dvs(data_dir, steps=num_steps, size=size), data_dir / CIFAR10_DVS_FOLDER
+        return (load_cifar10_dvs(data_dir, steps=num_steps, size=size, test_per_class=None),
+                data_dir / CIFAR10_DVS_FOLDER)
     folder_name, url = CIFAR[name][0], CIFAR[name][5]
     if not cifar_present(name, data_dir) or download:
         _download(_fetch_cifar(name), data_dir,
