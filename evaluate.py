@@ -24,12 +24,11 @@ import torch
 from tqdm import tqdm
 
 from bntt import early_exit
-from bntt.checkpoint import (checkpoint_file, describe_state, load_checkpoint, load_model_state,
-                             model_state, write_atomic)
+from bntt.checkpoint import checkpoint_file, write_atomic
 from bntt.cli import UsageError, autocast, pick_device, run_cli
-from bntt.data import DATASETS, dataset_info, make_datasets, make_test_loader
+from bntt.data import DATASETS
 from bntt.engines import ENGINES
-from bntt.models import build_for_dataset
+from bntt.trained import load_trained, test_loader
 from utill import correct_topk
 
 DEFAULT_CONFIDENCES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -58,37 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default=None)
     p.add_argument("--no_plots", action="store_true", help="skip the PNG figures")
     return p
-
-
-def infer_dataset(desc: dict) -> str:
-    if desc["in_channels"] == 1:
-        return "fashionmnist"
-    return "cifar100" if desc["num_cls"] == 100 else "cifar10"
-
-
-def model_for(ckpt: dict, args, source: str):
-    """The network a checkpoint holds, and the dataset it is evaluated on."""
-    state = model_state(ckpt)
-    desc = describe_state(state)
-    cfg = ckpt.get("config", {})
-    leak = args.leak_mem if args.leak_mem is not None else cfg.get("leak_mem")
-    if leak is None:
-        raise UsageError(f"{source} does not record leak_mem (a checkpoint of the authors' "
-                         "train.py?); pass --leak_mem, e.g. 0.95 for their VGG9/CIFAR-10 command")
-    dataset = args.dataset or cfg.get("dataset") or infer_dataset(desc)
-    info = dataset_info(dataset)
-    if desc["arch"] != "fc" and (info.num_cls, info.in_channels) != (desc["num_cls"], desc["in_channels"]):
-        raise UsageError(f"{source} has {desc['num_cls']} classes and {desc['in_channels']} input "
-                         f"channels; {dataset} has {info.num_cls} and {info.in_channels}")
-    try:
-        model = build_for_dataset(desc["arch"], dataset, desc["num_steps"], leak,
-                                  seq_order=cfg.get("seq_order", "rows"),
-                                  seq_coding=cfg.get("seq_coding", "direct"),
-                                  fc_hidden=desc.get("hidden", ()))
-    except ValueError as err:
-        raise UsageError(f"{source}: {err}") from None
-    load_model_state(model, state, desc["arch"], source=source)
-    return model, dataset, cfg, desc
 
 
 @torch.no_grad()
@@ -261,24 +229,20 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else source.parent / "early_exit"
     if out_dir.exists() and not out_dir.is_dir():  # found before the long pass, not after it
         raise UsageError(f"--out_dir {out_dir} is a file, not a folder")
-    ckpt = load_checkpoint(source)
     device = pick_device(args.device)
-    model, dataset, cfg, desc = model_for(ckpt, args, str(source))
+    trained = load_trained(source, args.dataset, args.leak_mem)
     try:
-        model = model.to(device).set_engine(args.engine)
+        model = trained.model.to(device).set_engine(args.engine)
     except RuntimeError as err:
         raise UsageError(f"--engine {args.engine}: {err}") from None
-    data_dir = args.data_dir or cfg.get("data_dir", "./data")
-    _, test_set = make_datasets(dataset, data_dir, download=False, num_steps=model.num_steps)
-    if args.test_samples:
-        test_set = torch.utils.data.Subset(test_set, range(min(args.test_samples, len(test_set))))
-    loader = make_test_loader(test_set, args.batch_size, args.num_workers, pin_memory=device.type == "cuda")
+    loader = test_loader(trained, args.data_dir, args.batch_size, args.test_samples, args.num_workers,
+                         pin_memory=device.type == "cuda")
 
     top1, top5, margins, correct = per_step_pass(model, loader, device, args.amp, args.eval_seed)
     layers = [name for name, _ in model.bntt_layers()]
     report = build_report(model, top1, top5, margins, correct, args.exit_threshold, args.confidence)
-    report.update({"checkpoint": str(source), "dataset": dataset, "eval_seed": args.eval_seed,
-                   "batch_size": args.batch_size, "arch": desc["arch"],
+    report.update({"checkpoint": str(source), "dataset": trained.dataset, "eval_seed": args.eval_seed,
+                   "batch_size": args.batch_size, "arch": trained.arch,
                    "leak_mem": model.leak_mem})
     print_report(report, layers)
     make_out_dir(out_dir)

@@ -46,14 +46,24 @@ def run_reference(model, spikes: torch.Tensor) -> torch.Tensor:
     return torch.stack(currents)
 
 
-def run_multistep(model, spikes: torch.Tensor) -> torch.Tensor:
+def run_multistep(model, spikes: torch.Tensor, observe=None) -> torch.Tensor:
+    """`observe(i, inputs, spikes)`, if given, sees what layer i receives ([T, B, ...], after
+    the pool below it) and the spikes it emits; the readout is layer len(layers), with spikes
+    None. The analyses count spikes and synaptic operations through it."""
     steps, batch = spikes.shape[:2]
     x = spikes.flatten(0, 1)
-    for synapse, bntt, pool in model.spiking_layers():
-        z = synapse(synapse_input(x, synapse)).unflatten(0, (steps, batch))
-        x = model.neuron(bntt(z)).flatten(0, 1)
+    layers = list(model.spiking_layers())
+    for i, (synapse, bntt, pool) in enumerate(layers):
+        x = synapse_input(x, synapse)
+        z = synapse(x).unflatten(0, (steps, batch))
+        s = model.neuron(bntt(z))
+        if observe is not None:
+            observe(i, x.unflatten(0, (steps, batch)), s)
+        x = s.flatten(0, 1)
         if pool is not None:
             x = pool(x)
+    if observe is not None:
+        observe(len(layers), x.unflatten(0, (steps, batch)), None)
     return model.readout(x).unflatten(0, (steps, batch))
 
 
