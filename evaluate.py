@@ -86,9 +86,20 @@ def build_report(model, top1, top5, margins, correct, alpha, confidences) -> dic
     n = margins.shape[1]
     acc1 = (100.0 * top1.double() / n).tolist()
     acc5 = (100.0 * top5.double() / n).tolist()
-    gammas = early_exit.gamma_statistics(model)
     steps = model.num_steps
-    exit_step = early_exit.gamma_exit_step(gammas.mean, alpha)
+    if model.bntt_layers():
+        gammas = early_exit.gamma_statistics(model)
+        exit_step = early_exit.gamma_exit_step(gammas.mean, alpha)
+        gamma_exit = {"alpha": alpha, "exit_step": exit_step, "top1_at_exit": acc1[exit_step - 1],
+                      "top1_full": acc1[-1], "steps_saved": steps - exit_step,
+                      "triggered": bool((gammas.mean[:, exit_step - 1] < alpha).all()),
+                      "applicable": True}
+    else:  # the ablation's other normalisations have no gamma per step
+        gammas = early_exit.GammaStats([], *[torch.zeros(0, steps)] * 4)
+        gamma_exit = {"alpha": alpha, "exit_step": steps, "top1_at_exit": acc1[-1],
+                      "top1_full": acc1[-1], "steps_saved": 0, "triggered": False,
+                      "applicable": False,
+                      "note": f"the gamma rule applies to BNTT only; this network uses norm {model.norm}"}
     return {
         "num_steps": steps, "test_images": n,
         "per_step": [{"t": t + 1, "top1": acc1[t], "top5": acc5[t]} for t in range(steps)],
@@ -96,9 +107,7 @@ def build_report(model, top1, top5, margins, correct, alpha, confidences) -> dic
                    "std": gammas.std[i, t].item(), "min": gammas.min[i, t].item(),
                    "max": gammas.max[i, t].item()}
                   for i, name in enumerate(gammas.layers) for t in range(steps)],
-        "gamma_exit": {"alpha": alpha, "exit_step": exit_step, "top1_at_exit": acc1[exit_step - 1],
-                       "top1_full": acc1[-1], "steps_saved": steps - exit_step,
-                       "triggered": bool((gammas.mean[:, exit_step - 1] < alpha).all())},
+        "gamma_exit": gamma_exit,
         "sample_exit": [dict(zip(("threshold", "top1", "mean_steps"),
                                  (c, *early_exit.sample_exit(margins, correct, c))))
                         for c in confidences],
@@ -117,8 +126,11 @@ def print_report(report: dict, layers: list) -> None:
     ge = report["gamma_exit"]
     when = (f"step {ge['exit_step']} of {steps}" if ge["triggered"]
             else f"never (every step has a layer with mean gamma >= {ge['alpha']:g}), so all {steps} steps")
-    print(f"\ngamma exit (alpha={ge['alpha']:g}): {when}: top-1 {ge['top1_at_exit']:.2f}% vs "
-          f"{ge['top1_full']:.2f}% at T={steps}, {ge['steps_saved']} steps saved")
+    if not ge["applicable"]:
+        print(f"\ngamma exit: not applicable ({ge['note']})")
+    else:
+        print(f"\ngamma exit (alpha={ge['alpha']:g}): {when}: top-1 {ge['top1_at_exit']:.2f}% vs "
+              f"{ge['top1_full']:.2f}% at T={steps}, {ge['steps_saved']} steps saved")
     print("\nper-sample exit (softmax margin >= threshold)")
     print(f"{'threshold':>9} {'top-1':>7} {'mean steps':>10}")
     for row in report["sample_exit"]:
@@ -126,6 +138,8 @@ def print_report(report: dict, layers: list) -> None:
 
 
 def csv_bytes(rows: list) -> bytes:
+    if not rows:
+        return b""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -167,6 +181,21 @@ def write_outputs(report: dict, layers: list, out_dir: Path, plots: bool) -> lis
     return written
 
 
+def plot_gammas(plt, ts, layers, means, ge, out_dir: Path) -> str:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in layers:
+        ax.plot(ts, [means[(name, t)] for t in ts], label=name)
+    ax.axhline(ge["alpha"], color="k", linestyle="--", linewidth=1, label=f"alpha = {ge['alpha']:g}")
+    if ge["triggered"]:
+        ax.axvline(ge["exit_step"], color="r", linestyle=":", label=f"exit at t = {ge['exit_step']}")
+    ax.set(xlabel="time step t", ylabel="mean gamma", title="BNTT gamma through time")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out_dir / "gamma.png", dpi=120)
+    plt.close(fig)
+    return "gamma.png"
+
+
 def plot(report: dict, layers: list, out_dir: Path) -> list:
     try:
         import matplotlib
@@ -180,34 +209,26 @@ def plot(report: dict, layers: list, out_dir: Path) -> list:
     ts = list(range(1, steps + 1))
     ge = report["gamma_exit"]
     means = {(g["layer"], g["t"]): g["mean"] for g in report["gamma"]}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in layers:
-        ax.plot(ts, [means[(name, t)] for t in ts], label=name)
-    ax.axhline(ge["alpha"], color="k", linestyle="--", linewidth=1, label=f"alpha = {ge['alpha']:g}")
-    if ge["triggered"]:
-        ax.axvline(ge["exit_step"], color="r", linestyle=":", label=f"exit at t = {ge['exit_step']}")
-    ax.set(xlabel="time step t", ylabel="mean gamma", title="BNTT gamma through time")
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out_dir / "gamma.png", dpi=120)
-    plt.close(fig)
-
+    written = []
+    if layers:  # no gamma per step outside BNTT
+        written.append(plot_gammas(plt, ts, layers, means, ge, out_dir))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(ts, [r["top1"] for r in report["per_step"]], marker="o", markersize=3,
             label="all samples stop after t steps")
     ax.plot([r["mean_steps"] for r in report["sample_exit"]], [r["top1"] for r in report["sample_exit"]],
             marker="s", markersize=3, label="per-sample exit (softmax margin)")
-    label = (f"gamma exit (alpha={ge['alpha']:g}): t={ge['exit_step']}, {ge['top1_at_exit']:.2f}%"
-             if ge["triggered"] else f"gamma rule (alpha={ge['alpha']:g}) never fires: all {steps} steps")
-    ax.plot([ge["exit_step"]], [ge["top1_at_exit"]], marker="*", markersize=14, color="r", linestyle="",
-            label=label)
+    if ge["applicable"]:
+        label = (f"gamma exit (alpha={ge['alpha']:g}): t={ge['exit_step']}, {ge['top1_at_exit']:.2f}%"
+                 if ge["triggered"] else f"gamma rule (alpha={ge['alpha']:g}) never fires: all {steps} steps")
+        ax.plot([ge["exit_step"]], [ge["top1_at_exit"]], marker="*", markersize=14, color="r",
+                linestyle="", label=label)
     ax.set(xlabel="time steps (mean over samples for the per-sample exit)", ylabel="test top-1 (%)",
            title="accuracy vs latency")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "accuracy.png", dpi=120)
     plt.close(fig)
-    return ["gamma.png", "accuracy.png"]
+    return written + ["accuracy.png"]
 
 
 def main(argv=None) -> int:

@@ -38,6 +38,7 @@ from bntt.data import DATASETS, make_datasets, make_loaders
 from bntt.engines import ENGINES
 from bntt.engines import resolve as resolve_engine
 from bntt.names import check_name
+from bntt.norms import NORMS
 from bntt.paper import sgd
 from bntt.runlock import RunFolderBusy, RunLock
 from bntt.models import ARCHS, build_for_dataset
@@ -75,6 +76,8 @@ OPTIONS = {
     "seq_coding": (str, "direct", "sequence datasets: feed intensities as input currents (direct) "
                                   "or as spikes firing with their probability (poisson)"),
     "fc_hidden": (str, "256,256", "arch fc: hidden layer sizes, comma-separated"),
+    "norm": (str, "bntt", "normalisation of every spiking layer: bntt (the paper), bn (one "
+                          "BatchNorm shared by all steps), tdbn (threshold-dependent), none"),
 }
 # Flags that may differ between a run and its resumption; the others would change the run.
 # num_workers is not among them: each worker process draws the augmentation from its own seed,
@@ -131,7 +134,8 @@ def read_config_file(path: str) -> dict:
 def validate(cfg: dict) -> None:
     try:
         for kind, choices in (("arch", ARCHS), ("dataset", DATASETS), ("engine", ENGINES),
-                              ("seq_order", SEQUENCE_ORDERS), ("seq_coding", SEQUENCE_CODINGS)):
+                              ("seq_order", SEQUENCE_ORDERS), ("seq_coding", SEQUENCE_CODINGS),
+                              ("norm", NORMS)):
             check_name(kind, cfg[kind], choices)
         hidden_sizes(cfg)
     except ValueError as err:
@@ -148,6 +152,9 @@ def validate(cfg: dict) -> None:
         (cfg["train_samples"] >= 0 and cfg["test_samples"] >= 0,
          "train_samples and test_samples must be >= 0"),
         (0 <= cfg["seed"] < SEED_RANGE, f"seed must be in 0..{SEED_RANGE - 1}, got {cfg['seed']}"),
+        (not (cfg["norm"] == "tdbn" and cfg["engine"] == "reference"),
+         "norm tdbn normalises over all steps at once: train it with --engine multistep, fused "
+         "or auto, not reference"),
         (0 <= cfg["eval_seed"] < SEED_RANGE,
          f"eval_seed must be in 0..{SEED_RANGE - 1}, got {cfg['eval_seed']}"),
         (plain_folder_name(cfg["run_name"]) or not cfg["run_name"],
@@ -173,7 +180,8 @@ def hidden_sizes(cfg: dict) -> tuple[int, ...]:
 def build_network(cfg: dict):
     """The network a run configuration describes (bntt.models.build_for_dataset)."""
     return build_for_dataset(cfg["arch"], cfg["dataset"], cfg["num_steps"], cfg["leak_mem"],
-                             cfg["engine"], cfg["seq_order"], cfg["seq_coding"], hidden_sizes(cfg))
+                             cfg["engine"], cfg["seq_order"], cfg["seq_coding"], hidden_sizes(cfg),
+                             cfg["norm"])
 
 
 def plain_folder_name(name: str) -> bool:

@@ -105,20 +105,22 @@ def model_state(ckpt: dict) -> dict:
 
 def describe_state(state: dict) -> dict:
     """What network a state_dict is for: arch, num_steps, num_cls, in_channels (and the hidden
-    sizes of an fc network)."""
+    sizes of an fc network). num_steps is None when the layers are not BNTT (the ablation's
+    --norm): nothing in the weights is per step then, and the run's config says it."""
     steps = {int(m.group(1)) for k in state if (m := re.fullmatch(r"bntt1\.(\d+)\.weight", k))}
-    if "fc_out.weight" in state and "fc1.weight" in state and steps:
+    num_steps = max(steps) + 1 if steps else None
+    if "fc_out.weight" in state and "fc1.weight" in state:
         hidden = []
         while f"fc{len(hidden) + 1}.weight" in state:
             hidden.append(state[f"fc{len(hidden) + 1}.weight"].shape[0])
-        return {"arch": "fc", "num_steps": max(steps) + 1, "num_cls": state["fc_out.weight"].shape[0],
+        return {"arch": "fc", "num_steps": num_steps, "num_cls": state["fc_out.weight"].shape[0],
                 "in_channels": state["fc1.weight"].shape[1], "hidden": tuple(hidden)}
-    if "conv1.weight" not in state or "fc2.weight" not in state or not steps:
-        raise CheckpointError("state_dict is not a spiking network with BNTT (no conv1/bntt1/fc2 "
-                              "or fc1/bntt1/fc_out)")
+    if "conv1.weight" not in state or "fc2.weight" not in state:
+        raise CheckpointError("state_dict is not a spiking network of this repository (no "
+                              "conv1/fc2 or fc1/fc_out)")
     return {
         "arch": "vgg11" if "conv8.weight" in state else "vgg9",
-        "num_steps": max(steps) + 1,
+        "num_steps": num_steps,
         "num_cls": state["fc2.weight"].shape[0],
         "in_channels": state["conv1.weight"].shape[1],
     }
@@ -130,7 +132,8 @@ def load_model_state(model, state: dict, arch: str, source="checkpoint") -> None
     have = describe_state(state)
     want = {"arch": arch, "num_steps": model.num_steps, "num_cls": model.num_cls,
             "in_channels": model.in_channels}
-    diffs = [f"{k}={have[k]} (this model: {want[k]})" for k in want if have[k] != want[k]]
+    diffs = [f"{k}={have[k]} (this model: {want[k]})" for k in want
+             if have[k] is not None and have[k] != want[k]]
     if diffs:
         raise CheckpointError(f"{source} is for a different network: {', '.join(diffs)}")
     try:

@@ -15,6 +15,7 @@ from bntt.bntt import BNTT
 from bntt.coding import FrameEncoder, PoissonEncoder, SequenceEncoder
 from bntt.names import check_name
 from bntt.neuron import LIFNeuron, membrane_dtype
+from bntt.norms import NORMS, make_norm
 from bntt.paper import INIT_GAIN, THRESHOLD
 
 POOL, GLOBAL_POOL = "P", "G"
@@ -27,11 +28,12 @@ class SpikingNetwork(nn.Module):
     Subclasses create their layers with `_add_layer` and name their `readout`."""
 
     def __init__(self, num_steps: int, leak_mem: float, num_cls: int, in_channels: int,
-                 engine: str, encoder=None):
+                 engine: str, encoder=None, norm: str = "bntt"):
         super().__init__()
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         check_name("engine", engine, engines.ENGINES)
+        self.norm = check_name("norm", norm, NORMS)  # BNTT, or what the ablation puts there
         self.num_steps = num_steps
         self.leak_mem = leak_mem
         self.num_cls = num_cls
@@ -41,6 +43,9 @@ class SpikingNetwork(nn.Module):
         self.neuron = LIFNeuron(leak=leak_mem, threshold=THRESHOLD)
         self._layer_names = []  # (synapse, bntt, pool or None) attribute names, bottom to top
         self.neuron_shapes = []  # (channels, height/width or None for a linear layer)
+
+    def _norm(self, num_features: int) -> nn.Module:
+        return make_norm(self.norm, num_features, self.num_steps)
 
     def _add_layer(self, synapse: str, bntt: str, shape) -> None:
         self._layer_names.append((synapse, bntt, None))
@@ -72,8 +77,10 @@ class SpikingNetwork(nn.Module):
             yield getattr(self, synapse), getattr(self, bn), getattr(self, pool) if pool else None
 
     def bntt_layers(self):
-        """[(name, BNTT), ...] bottom to top, named as in the state_dict."""
-        return [(bn, getattr(self, bn)) for _, bn, _ in self._layer_names]
+        """[(name, BNTT), ...] bottom to top, named as in the state_dict; empty when the layers
+        are normalised otherwise (the ablation's --norm)."""
+        return [(bn, getattr(self, bn)) for _, bn, _ in self._layer_names
+                if isinstance(getattr(self, bn), BNTT)]
 
     @property
     def readout(self) -> nn.Linear:
@@ -104,7 +111,7 @@ class SpikingNetwork(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"num_steps={self.num_steps}, leak_mem={self.leak_mem}, engine={self.engine!r}, "
-                f"input={self.encoder.name!r}")
+                f"input={self.encoder.name!r}, norm={self.norm!r}")
 
 
 class SpikingVGG(SpikingNetwork):
@@ -117,8 +124,8 @@ class SpikingVGG(SpikingNetwork):
 
     def __init__(self, plan, hidden: int, num_steps: int, leak_mem: float = 0.95,
                  img_size: int = 32, num_cls: int = 10, in_channels: int = 3,
-                 engine: str = "auto", encoder=None):
-        super().__init__(num_steps, leak_mem, num_cls, in_channels, engine, encoder)
+                 engine: str = "auto", encoder=None, norm: str = "bntt"):
+        super().__init__(num_steps, leak_mem, num_cls, in_channels, engine, encoder, norm)
         halvings = plan.count(POOL)
         if img_size % (2 ** halvings) or img_size < 2 ** halvings:
             raise ValueError(f"img_size must be a multiple of {2 ** halvings} for this network, "
@@ -140,11 +147,11 @@ class SpikingVGG(SpikingNetwork):
             n_conv += 1
             setattr(self, f"conv{n_conv}",
                     nn.Conv2d(channels, entry, kernel_size=3, stride=1, padding=1, bias=False))
-            setattr(self, f"bntt{n_conv}", BNTT(entry, num_steps))
+            setattr(self, f"bntt{n_conv}", self._norm(entry))
             self._add_layer(f"conv{n_conv}", f"bntt{n_conv}", (entry, size))
             channels = entry
         self.fc1 = nn.Linear(channels * size * size, hidden, bias=False)
-        self.bntt_fc = BNTT(hidden, num_steps)
+        self.bntt_fc = self._norm(hidden)
         self.fc2 = nn.Linear(hidden, num_cls, bias=False)
         self._add_layer("fc1", "bntt_fc", (hidden, None))
         self._init_weights()
@@ -160,16 +167,16 @@ VGG11_PLAN = [64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, GLO
 
 class SNN_VGG9_BNTT(SpikingVGG):
     def __init__(self, num_steps, leak_mem=0.95, img_size=32, num_cls=10, in_channels=3,
-                 engine="auto", encoder=None):
+                 engine="auto", encoder=None, norm="bntt"):
         super().__init__(VGG9_PLAN, 1024, num_steps, leak_mem, img_size, num_cls, in_channels,
-                         engine, encoder)
+                         engine, encoder, norm)
 
 
 class SNN_VGG11_BNTT(SpikingVGG):
     def __init__(self, num_steps, leak_mem=0.95, img_size=32, num_cls=10, in_channels=3,
-                 engine="auto", encoder=None):
+                 engine="auto", encoder=None, norm="bntt"):
         super().__init__(VGG11_PLAN, 4096, num_steps, leak_mem, img_size, num_cls, in_channels,
-                         engine, encoder)
+                         engine, encoder, norm)
 
 
 class SpikingFC(SpikingNetwork):
@@ -178,16 +185,17 @@ class SpikingFC(SpikingNetwork):
     SequenceEncoder a 28x28 image is read row by row: T = 28 steps of 28 inputs."""
 
     def __init__(self, num_steps: int, leak_mem: float = 0.95, in_features: int = 28,
-                 hidden=(256, 256), num_cls: int = 10, engine: str = "auto", encoder=None):
+                 hidden=(256, 256), num_cls: int = 10, engine: str = "auto", encoder=None,
+                 norm: str = "bntt"):
         super().__init__(num_steps, leak_mem, num_cls, in_features,
-                         engine, encoder or SequenceEncoder())
+                         engine, encoder or SequenceEncoder(), norm)
         self.hidden = tuple(hidden)
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden sizes must be positive, got {self.hidden}")
         width = in_features
         for i, size in enumerate(self.hidden, 1):
             setattr(self, f"fc{i}", nn.Linear(width, size, bias=False))
-            setattr(self, f"bntt{i}", BNTT(size, num_steps))
+            setattr(self, f"bntt{i}", self._norm(size))
             self._add_layer(f"fc{i}", f"bntt{i}", (size, None))
             width = size
         self.fc_out = nn.Linear(width, num_cls, bias=False)
@@ -210,7 +218,7 @@ def build_model(arch: str, **kwargs) -> SpikingNetwork:
 
 def build_for_dataset(arch: str, dataset: str, num_steps: int, leak_mem: float,
                       engine: str = "auto", seq_order: str = "rows", seq_coding: str = "direct",
-                      fc_hidden=(256, 256)) -> SpikingNetwork:
+                      fc_hidden=(256, 256), norm: str = "bntt") -> SpikingNetwork:
     """The network `arch` shaped for `dataset` (classes, input channels and size) with the
     encoder its samples need. ValueError, saying why, for a pair that does not fit."""
     from bntt.data import dataset_info  # imported here: the data registry is not needed otherwise
@@ -226,10 +234,10 @@ def build_for_dataset(arch: str, dataset: str, num_steps: int, leak_mem: float,
             raise ValueError(f"{dataset} read by {seq_order} is a sequence of {length} steps: "
                              f"set num_steps = {length}, not {num_steps}")
         return SpikingFC(num_steps, leak_mem, encoder.features(info.img_size), fc_hidden,
-                         info.num_cls, engine, encoder)
+                         info.num_cls, engine, encoder, norm)
     if arch == "fc":
         raise ValueError(f"arch fc is the network for the sequence datasets, not {dataset}")
     encoder = FrameEncoder() if info.kind == "frames" else PoissonEncoder()
     return build_model(arch, num_steps=num_steps, leak_mem=leak_mem, img_size=info.img_size,
                        num_cls=info.num_cls, in_channels=info.in_channels, engine=engine,
-                       encoder=encoder)
+                       encoder=encoder, norm=norm)

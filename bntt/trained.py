@@ -51,11 +51,14 @@ def load_trained(path, dataset: str | None = None, leak_mem: float | None = None
     if desc["arch"] != "fc" and (info.num_cls, info.in_channels) != (desc["num_cls"], desc["in_channels"]):
         raise CheckpointError(f"{source} has {desc['num_cls']} classes and {desc['in_channels']} "
                               f"input channels; {dataset} has {info.num_cls} and {info.in_channels}")
+    steps = desc["num_steps"] or cfg.get("num_steps")
+    if steps is None:
+        raise CheckpointError(f"{source} records neither per-step BNTT weights nor num_steps")
     try:
-        model = build_for_dataset(desc["arch"], dataset, desc["num_steps"], leak,
+        model = build_for_dataset(desc["arch"], dataset, steps, leak,
                                   seq_order=cfg.get("seq_order", "rows"),
                                   seq_coding=cfg.get("seq_coding", "direct"),
-                                  fc_hidden=desc.get("hidden", ()))
+                                  fc_hidden=desc.get("hidden", ()), norm=cfg.get("norm", "bntt"))
     except ValueError as err:
         raise CheckpointError(f"{source}: {err}") from None
     load_model_state(model, state, desc["arch"], source=str(source))
