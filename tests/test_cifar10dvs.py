@@ -386,3 +386,8 @@ def test_registry_split_is_the_last_tenth_and_train_py_runs_one_epoch(tmp_path):
     state = torch.load(out / "d" / "last.pt", weights_only=True)["state_dict"]
     assert state["conv1.weight"].shape == (64, 2, 3, 3)  # the two polarities
     assert state["fc1.weight"].shape == (1024, 256 * 6 * 6)  # 48 / 2^3 = 6
+    import evaluate  # the early-exit evaluator reads the frames the same way
+    assert evaluate.cli(["--checkpoint", str(out / "d"), "--out_dir", str(tmp_path / "ee"),
+                         "--no_plots", "--batch_size", "8"]) == 0
+    report = json.loads((tmp_path / "ee" / "early_exit.json").read_text())
+    assert report["test_images"] == 10 and report["per_step"][-1]["top1"] == row["test_top1"]
