@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from bntt import early_exit
+from bntt.ann import ANN_ARCHS
 from bntt.checkpoint import checkpoint_file, write_atomic
 from bntt.cli import UsageError, autocast, pick_device, run_cli
 from bntt.data import DATASETS
@@ -252,6 +253,8 @@ def main(argv=None) -> int:
         raise UsageError(f"--out_dir {out_dir} is a file, not a folder")
     device = pick_device(args.device)
     trained = load_trained(source, args.dataset, args.leak_mem)
+    if trained.arch in ANN_ARCHS:
+        raise UsageError(f"{source} holds the ANN {trained.arch}: early exit is for spiking networks")
     try:
         model = trained.model.to(device).set_engine(args.engine)
     except RuntimeError as err:

@@ -28,6 +28,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from bntt.ann import ANN_ARCHS
 from bntt.checkpoint import (BEST_CHECKPOINT, RUN_CHECKPOINT, CheckpointError, checkpoint_file,
                              load_checkpoint, load_model_state, model_state, rng_state,
                              run_folder_of, save_atomic, set_rng_state)
@@ -51,7 +52,8 @@ OPTIONS = {
     "batch_size": (int, 128, "training batch size (the test batch is twice this)"),
     "lr": (float, 0.1, "initial learning rate (divided by 10 after 50%%, 70%%, 90%% of the epochs)"),
     "leak_mem": (float, 0.99, "membrane leak lambda"),
-    "arch": (str, "vgg11", f"network: {', '.join(ARCHS)} (fc: for the sequence datasets)"),
+    "arch": (str, "vgg11", f"network: {', '.join(ARCHS + ANN_ARCHS)} (fc: for the sequence "
+                           "datasets; *_ann: the non-spiking twins)"),
     "dataset": (str, "cifar100", f"dataset: {', '.join(DATASETS)}"),
     "num_epochs": (int, 120, "number of epochs"),
     "num_workers": (int, 4, "data loader worker processes"),
@@ -133,7 +135,7 @@ def read_config_file(path: str) -> dict:
 
 def validate(cfg: dict) -> None:
     try:
-        for kind, choices in (("arch", ARCHS), ("dataset", DATASETS), ("engine", ENGINES),
+        for kind, choices in (("arch", ARCHS + ANN_ARCHS), ("dataset", DATASETS), ("engine", ENGINES),
                               ("seq_order", SEQUENCE_ORDERS), ("seq_coding", SEQUENCE_CODINGS),
                               ("norm", NORMS)):
             check_name(kind, cfg[kind], choices)
@@ -542,8 +544,10 @@ def train_in_folder(run: Run) -> int:
     outputs = Outputs(run)
     n_params = sum(p.numel() for p in run.model.parameters())
     tqdm.write(f"{cfg['arch']} on {cfg['dataset']} ({len(run.train_loader.dataset)} train / "
-               f"{len(run.test_loader.dataset)} test images), T={cfg['num_steps']}, "
-               f"{n_params:,} parameters, {run.device}, engine {run.engine}"
+               f"{len(run.test_loader.dataset)} test images), "
+               f"{'an ANN: no time steps' if cfg['arch'] in ANN_ARCHS else 'T=' + str(cfg['num_steps'])}, "
+               f"{n_params:,} parameters, {run.device}"
+               f"{'' if cfg['arch'] in ANN_ARCHS else ', engine ' + run.engine}"
                f"{', bf16 autocast' if run.amp and run.device.type == 'cuda' else ''}"
                f"{f', resuming after epoch {run.start_epoch}' if run.start_epoch else ''}")
     try:

@@ -220,11 +220,18 @@ def build_for_dataset(arch: str, dataset: str, num_steps: int, leak_mem: float,
                       engine: str = "auto", seq_order: str = "rows", seq_coding: str = "direct",
                       fc_hidden=(256, 256), norm: str = "bntt") -> SpikingNetwork:
     """The network `arch` shaped for `dataset` (classes, input channels and size) with the
-    encoder its samples need. ValueError, saying why, for a pair that does not fit."""
+    encoder its samples need; `vgg9_ann` and `vgg11_ann` are the non-spiking twins
+    (bntt/ann.py). ValueError, saying why, for a pair that does not fit."""
+    from bntt.ann import ANN_ARCHS, ANN_MODELS  # imported here: bntt.ann builds on this module
     from bntt.data import dataset_info  # imported here: the data registry is not needed otherwise
 
-    check_name("arch", arch, ARCHS)
+    check_name("arch", arch, ARCHS + ANN_ARCHS)
     info = dataset_info(dataset)
+    if arch in ANN_ARCHS:  # the non-spiking twin, for the energy and robustness comparisons
+        if info.kind != "image":
+            raise ValueError(f"{arch} takes images, and {dataset} serves {info.kind}")
+        return ANN_MODELS[arch](num_cls=info.num_cls, in_channels=info.in_channels,
+                                img_size=info.img_size)
     if info.kind == "sequence":
         if arch != "fc":
             raise ValueError(f"{dataset} is a sequence dataset: use --arch fc, not {arch}")

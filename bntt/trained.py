@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from bntt.ann import ANN_ARCHS, load_trained_ann
 from bntt.checkpoint import (CheckpointError, checkpoint_file, describe_state, load_checkpoint,
                              load_model_state, model_state)
 from bntt.data import dataset_info, make_datasets, make_test_loader
@@ -35,10 +36,12 @@ def _infer_dataset(desc: dict) -> str:
 
 def load_trained(path, dataset: str | None = None, leak_mem: float | None = None) -> Trained:
     """The network in checkpoint `path` (a file, or a run folder: its last.pt), on the CPU, in
-    eval mode. `dataset` and `leak_mem` override the checkpoint's (and are needed for the
+    eval mode; an ANN twin's checkpoint gives the ANN. `dataset` and `leak_mem` override the checkpoint's (and are needed for the
     authors' checkpoints)."""
     source = checkpoint_file(path)
     ckpt = load_checkpoint(source)
+    if isinstance(ckpt.get("config"), dict) and ckpt["config"].get("arch") in ANN_ARCHS:
+        return load_trained_ann(source, dataset)
     state = model_state(ckpt)
     desc = describe_state(state)
     cfg = ckpt.get("config", {}) if isinstance(ckpt.get("config"), dict) else {}

@@ -1,0 +1,567 @@
+"""Spike rates per layer and time step, and the energy of the synaptic operations against an ANN.
+
+For a checkpoint on its test set (eval mode, Poisson draws fixed by --eval_seed, the multistep
+engine) this counts, in one pass:
+
+- spike rates: for the input and every spiking layer (named as its BNTT layer) and every step,
+  the spikes per neuron per step, averaged over the test images and the layer's neurons (for
+  the input: the non-zero inputs per input element per step);
+- synaptic operations from the actual spikes: every non-zero input of a layer costs one
+  accumulate (AC) per output it reaches, exactly, borders included; the ANN of the same
+  architecture costs one multiply-accumulate (MAC) per weight use in one pass. With the 45 nm
+  figures of Horowitz (2014) the paper uses, E_AC = 0.9 pJ and E_MAC = 4.6 pJ (--e_ac, --e_mac
+  for other technologies), this gives the energy of both networks per image, layer by layer;
+- beyond the paper: the energy of running only the first t steps against the accuracy after t
+  steps (the readout accumulates, so one pass gives every prefix), and the same for the
+  per-sample softmax-margin exit of bntt.early_exit.
+
+What is and is not counted is listed in CONVENTIONS, which the report repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from bntt import early_exit
+from bntt.checkpoint import checkpoint_file, write_atomic
+from bntt.cli import UsageError, pick_device
+from bntt.coding import SequenceEncoder
+from bntt.data import DATASETS
+from bntt.engines import run_multistep, synapse_input
+from bntt.trained import load_trained, test_loader
+
+# Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm: a 32-bit float add costs 0.9 pJ,
+# a multiply 3.7 pJ, so a multiply-accumulate 4.6 pJ. The paper compares with these.
+E_AC_45NM = 0.9
+E_MAC_45NM = 4.6
+DEFAULT_CONFIDENCES = (0.3, 0.5, 0.7, 0.9, 0.99)
+
+CONVENTIONS = {
+    "snn_counted": [
+        ("every non-zero input of a synaptic layer (conv or linear) costs one operation per output "
+         "it reaches: for a conv, out_channels / groups times the number of output positions whose "
+         "window covers the input position (exact, borders, stride, padding and dilation included); "
+         "for a linear layer, out_features"),
+        ("the input layer: the encoded input into the first layer; Poisson spikes are +-1, so "
+         "accumulates (a -1 spike subtracts); real-valued inputs (direct coding of sequences) "
+         "cost a MAC per output reached instead"),
+        ("average pooling of spikes: a pooled value is non-zero where any of its spikes was; each "
+         "non-zero pooled input counts as one AC per output reached, whatever its value (1/4 to 1): "
+         "a convention; adding the weight once per underlying spike would cost up to 4 ACs"),
+        "the readout (fc2 / fc_out): the spikes of the last hidden layer, accumulates",
+    ],
+    "snn_not_counted": [
+        ("BNTT: at inference it folds into a per-step scale and offset of each neuron, no "
+         "synaptic operation"),
+        "the neuron updates (leak, compare with the threshold, soft reset)",
+        "memory accesses and data movement",
+    ],
+    "ann_counted": [
+        ("the MACs of the same architecture in one pass: C_in / groups * k_h * k_w * C_out * "
+         "H_out * W_out per conv, in * out per linear layer, readout included; its BatchNorm folds "
+         "into the weights and its activations and pools are not counted"),
+        ("a sequence network (one slice of the sample per step) needs one ANN pass per slice, "
+         "so T passes"),
+    ],
+}
+
+
+# -- counting ---------------------------------------------------------------------------------
+
+def conv_reach(conv: nn.Conv2d, height: int, width: int) -> torch.Tensor:
+    """[height, width] int64: for every input position, the number of output positions of
+    `conv` whose receptive field covers it (one output channel)."""
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"only zero padding is counted, not {conv.padding_mode!r}")
+    # The input gradient of sum(conv(x)) with an all-ones kernel counts, for every input
+    # position, the (output position, tap) pairs that read it; a position reads an input
+    # through at most one tap, so that is the number of windows covering it. Autograd resolves
+    # the output size (the floor of a stride) and string paddings for us.
+    with torch.enable_grad():
+        x = torch.zeros(1, 1, height, width, dtype=torch.float64, requires_grad=True)
+        ones = torch.ones(1, 1, *conv.kernel_size, dtype=torch.float64)
+        out = F.conv2d(x, ones, None, conv.stride, conv.padding, conv.dilation)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+    return grad[0, 0].round().long()
+
+
+def synaptic_ops(synapse: nn.Module, inputs: torch.Tensor, reach: torch.Tensor | None = None) -> torch.Tensor:
+    """Operations of `synapse` (Conv2d or Linear) on `inputs` [T, B, ...] as it receives them:
+    one per output each non-zero input reaches. Returns [T, B] int64. `reach` is the conv's
+    conv_reach for the input size, if already known."""
+    if isinstance(synapse, nn.Conv2d):
+        if reach is None:
+            reach = conv_reach(synapse, *inputs.shape[-2:])
+        per_position = torch.count_nonzero(inputs, dim=2)  # [T, B, H, W], over input channels
+        covered = (per_position * reach.to(per_position.device)).sum(dim=(-2, -1))
+        return covered * (synapse.out_channels // synapse.groups)
+    if isinstance(synapse, nn.Linear):
+        return torch.count_nonzero(inputs, dim=-1) * synapse.out_features
+    raise TypeError(f"cannot count the operations of a {type(synapse).__name__}")
+
+
+def synapse_names(model) -> list:
+    """Names of the synaptic layers bottom to top, the readout last (conv1, ..., fc1, fc2)."""
+    names = {id(m): name for name, m in model.named_modules()}
+    return [names[id(s)] for s, _, _ in model.spiking_layers()] + [names[id(model.readout)]]
+
+
+def ann_macs(model, sample_shape) -> list:
+    """MACs per layer of the ANN of `model`'s architecture for one input of `sample_shape`
+    (one step's input without the batch: (C, H, W), or (features,)): [{"layer", "kind",
+    "macs"}, ...] bottom to top, the readout last. Only shapes flow; nothing is normalised."""
+    rows = []
+    names = synapse_names(model)
+    x = torch.zeros(1, *sample_shape)
+    param = next(model.parameters())
+    x = x.to(param.device, param.dtype)
+    with torch.no_grad():
+        layers = [(s, p) for s, _, p in model.spiking_layers()] + [(model.readout, None)]
+        for name, (synapse, pool) in zip(names, layers):
+            x = synapse_input(x, synapse)
+            y = synapse(x)
+            if isinstance(synapse, nn.Conv2d):
+                kh, kw = synapse.kernel_size
+                macs = synapse.in_channels // synapse.groups * kh * kw * y[0].numel()
+                kind = "conv"
+            else:
+                macs, kind = synapse.in_features * synapse.out_features, "linear"
+            rows.append({"layer": name, "kind": kind, "macs": int(macs)})
+            x = pool(y) if pool is not None else y
+    return rows
+
+
+def _is_spikes(x: torch.Tensor) -> bool:
+    return bool(((x == 0) | (x.abs() == 1)).all())
+
+
+class Counter:
+    """The observer of engines.run_multistep: adds up, over batches, the spikes of every layer
+    at every step and the synaptic operations of every layer at every step (in total, and per
+    sample split into ACs and MACs, for the per-sample exit)."""
+
+    def __init__(self, num_layers: int, steps: int):
+        self.steps = steps
+        self.spikes = [torch.zeros(steps, dtype=torch.long) for _ in range(num_layers + 1)]  # input first
+        self.neurons = [0] * (num_layers + 1)
+        self.ops = [torch.zeros(steps, dtype=torch.long) for _ in range(num_layers + 1)]  # readout last
+        self.mac_layers = set()  # layers whose inputs were real-valued, so MACs
+        self.sample_ac, self.sample_mac = [], []  # [T, B] per batch
+        self._ac = self._mac = None  # those of the batch under way
+        self.sample_shape = None
+        self._reach = {}
+        self._synapses = None
+
+    def start_batch(self, model, encoded: torch.Tensor) -> None:
+        if self._synapses is None:
+            self._synapses = [s for s, _, _ in model.spiking_layers()] + [model.readout]
+            self.sample_shape = tuple(encoded.shape[2:])
+        self._count_spikes(0, encoded)
+        batch = encoded.shape[1]
+        self._ac = torch.zeros(self.steps, batch, dtype=torch.long)
+        self._mac = torch.zeros(self.steps, batch, dtype=torch.long)
+
+    def end_batch(self) -> None:
+        self.sample_ac.append(self._ac)
+        self.sample_mac.append(self._mac)
+
+    def _count_spikes(self, slot: int, x: torch.Tensor) -> None:
+        self.spikes[slot] += torch.count_nonzero(x.flatten(2), dim=2).sum(1).cpu()
+        self.neurons[slot] = x[0, 0].numel()
+
+    def __call__(self, i: int, inputs: torch.Tensor, spikes: torch.Tensor | None) -> None:
+        synapse = self._synapses[i]
+        reach = None
+        if isinstance(synapse, nn.Conv2d):
+            key = (i, *inputs.shape[-2:])
+            if key not in self._reach:
+                self._reach[key] = conv_reach(synapse, *inputs.shape[-2:]).to(inputs.device)
+            reach = self._reach[key]
+        ops = synaptic_ops(synapse, inputs, reach).cpu()
+        self.ops[i] += ops.sum(1)
+        # Only the encoded input can be real-valued; deeper layers receive spikes or pooled
+        # spikes, which are accumulates by convention (CONVENTIONS).
+        if i == 0 and not _is_spikes(inputs):
+            self.mac_layers.add(i)
+            self._mac += ops
+        else:
+            self._ac += ops
+        if spikes is not None:
+            self._count_spikes(i + 1, spikes)
+
+
+@dataclass
+class Activity:
+    counter: Counter
+    top1_counts: torch.Tensor  # [T]: correct after t steps
+    margins: torch.Tensor  # [T, N] softmax margin after t steps
+    correct: torch.Tensor  # [T, N] bool
+    images: int
+
+
+@torch.no_grad()
+def activity_pass(model, loader, device, eval_seed: int = 0) -> Activity:
+    """Run the test set through `model` (multistep engine) with fixed Poisson draws, counting
+    spikes and operations, and the prediction after every prefix of steps."""
+    model.eval()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(eval_seed)
+    steps = model.num_steps
+    counter = Counter(len(list(model.spiking_layers())), steps)
+    top1 = torch.zeros(steps, dtype=torch.long)
+    margins, correct, images = [], [], 0
+    for inputs, labels in tqdm(loader, desc="activity", leave=False, dynamic_ncols=True):
+        inputs, labels = inputs.to(device), labels.to(device)
+        encoded = model.encode(inputs, generator)
+        counter.start_batch(model, encoded)
+        currents = run_multistep(model, encoded, counter)
+        counter.end_batch()
+        logits = prefix_logits(currents)
+        # The class utill.correct_topk picks, as train.py and evaluate.py score: where logits
+        # tie (no spike reached the readout) topk and argmax can pick different classes.
+        hits = torch.stack([step.topk(1, 1).indices[:, 0] for step in logits]) == labels
+        top1 += hits.sum(1).cpu()
+        margins.append(early_exit.softmax_margin(logits).float().cpu())
+        correct.append(hits.cpu())
+        images += labels.shape[0]
+    if not images:
+        raise UsageError("the test set is empty")
+    return Activity(counter, top1, torch.cat(margins, 1), torch.cat(correct, 1), images)
+
+
+def prefix_logits(currents: torch.Tensor) -> torch.Tensor:
+    """Readout currents [T, B, K] -> logits after each prefix of steps, as
+    early_exit.cumulative_logits computes them from the same currents."""
+    currents = currents.to(torch.promote_types(currents.dtype, torch.float32))
+    steps = torch.arange(1, currents.shape[0] + 1, device=currents.device, dtype=currents.dtype)
+    return currents.cumsum(0) / steps.view(-1, 1, 1)
+
+
+def exit_steps(margins: torch.Tensor, threshold: float) -> torch.Tensor:
+    """0-based step at which each sample stops under early_exit.sample_exit's rule: its first
+    step with margin >= threshold, else the last. early_exit.sample_exit gives only the means;
+    the energy needs each sample's step."""
+    early_exit.check_threshold(threshold, "confidence threshold")
+    confident = margins >= threshold
+    last = torch.full_like(confident[0], margins.shape[0] - 1, dtype=torch.long)
+    return torch.where(confident.any(0), confident.float().argmax(0), last)
+
+
+# -- the report -------------------------------------------------------------------------------
+
+def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidences) -> dict:
+    counter, n, steps = activity.counter, activity.images, model.num_steps
+    rate_names = ["input"] + [name for name, _ in model.bntt_layers()]
+    rates = []
+    for name, spikes, neurons in zip(rate_names, counter.spikes, counter.neurons):
+        per_step = (spikes.double() / (n * neurons)).tolist()
+        rates.append({"layer": name, "neurons": neurons, "per_step": per_step,
+                      "mean_rate": sum(per_step) / steps,  # spikes per neuron per step
+                      "spikes_per_neuron": sum(per_step)})  # per image, over all T steps
+    hidden = rates[1:]
+    total_neurons = sum(r["neurons"] for r in hidden)
+    total_spikes = sum(int(s.sum()) for s in counter.spikes[1:]) / n
+    network = {"neurons": total_neurons, "spikes_per_image": total_spikes,
+               "mean_rate": total_spikes / (total_neurons * steps)}
+
+    # An ANN reads a sequence one slice per pass, so it needs as many passes as the SNN steps.
+    passes = steps if isinstance(model.encoder, SequenceEncoder) else 1
+    ann = ann_macs(model, counter.sample_shape)
+    pools = [pool for _, _, pool in model.spiking_layers()]
+    layers, snn_pj, ann_pj = [], 0.0, 0.0
+    for i, (row, ops) in enumerate(zip(ann, counter.ops)):
+        op = "MAC" if i in counter.mac_layers else "AC"
+        per_image = int(ops.sum()) / n
+        e_snn = per_image * (e_mac if op == "MAC" else e_ac)
+        macs = row["macs"] * passes
+        e_ann = macs * e_mac
+        source = "input" if i == 0 else rate_names[i] + (" pooled" if pools[i - 1] is not None else "")
+        layers.append({"layer": row["layer"], "kind": row["kind"], "inputs_from": source,
+                       "snn_op": op, "snn_ops_per_image": per_image,
+                       "snn_ops_per_step": (ops.double() / n).tolist(),
+                       "ann_macs_per_image": macs, "snn_energy_pj": e_snn, "ann_energy_pj": e_ann,
+                       "ann_over_snn": e_ann / e_snn if e_snn else math.inf})
+        snn_pj, ann_pj = snn_pj + e_snn, ann_pj + e_ann
+    total = {"snn_ac_per_image": sum(l["snn_ops_per_image"] for l in layers if l["snn_op"] == "AC"),
+             "snn_mac_per_image": sum(l["snn_ops_per_image"] for l in layers if l["snn_op"] == "MAC"),
+             "ann_macs_per_image": sum(l["ann_macs_per_image"] for l in layers),
+             "snn_energy_pj": snn_pj, "ann_energy_pj": ann_pj,
+             "snn_energy_uj": snn_pj * 1e-6, "ann_energy_uj": ann_pj * 1e-6,
+             "ann_over_snn": ann_pj / snn_pj if snn_pj else math.inf}
+
+    # Energy per sample and step, in pJ, then the energy of running the first t steps.
+    per_sample = (torch.cat(counter.sample_ac, 1).double() * e_ac
+                  + torch.cat(counter.sample_mac, 1).double() * e_mac)  # [T, N]
+    cumulative = per_sample.cumsum(0)
+    acc = (100.0 * activity.top1_counts.double() / n).tolist()
+    step_ops = torch.stack(counter.ops).sum(0).cumsum(0)
+    time = [{"t": t + 1, "top1": acc[t], "snn_ops_per_image": step_ops[t].item() / n,
+             "snn_energy_uj": cumulative[t].mean().item() * 1e-6,
+             "fraction_of_full": cumulative[t].mean().item() / snn_pj if snn_pj else 0.0,
+             "ann_over_snn": ann_pj / cumulative[t].mean().item() if cumulative[t].any() else math.inf}
+            for t in range(steps)]
+    sample_exit = []
+    for c in confidences:
+        stop = exit_steps(activity.margins, c).view(1, -1)
+        top1 = 100.0 * activity.correct.gather(0, stop).double().mean().item()
+        energy = cumulative.gather(0, stop).mean().item()
+        sample_exit.append({"threshold": c, "top1": top1, "mean_steps": (stop + 1).double().mean().item(),
+                            "snn_energy_uj": energy * 1e-6,
+                            "ann_over_snn": ann_pj / energy if energy else math.inf})
+    return {
+        "num_steps": steps, "test_images": n, "engine": "multistep",
+        "e_ac_pj": e_ac, "e_mac_pj": e_mac,
+        "technology": ("45 nm, Horowitz 2014, as in the paper"
+                       if (e_ac, e_mac) == (E_AC_45NM, E_MAC_45NM) else "given with --e_ac / --e_mac"),
+        "ann_passes": passes,
+        "conventions": CONVENTIONS,
+        "rates": {"layers": rates, "network": network},
+        "energy": {"layers": layers, "total": total},
+        "time": time,
+        "sample_exit": sample_exit,
+    }
+
+
+def _ratio(x: float) -> str:
+    return "inf" if math.isinf(x) else f"{x:.2f}x"
+
+
+def print_report(report: dict) -> None:
+    steps, rates = report["num_steps"], report["rates"]
+    shown = list(range(steps)) if steps <= 8 else sorted({0, 1, 2, steps // 2, steps - 2, steps - 1})
+    print(f"\nspike rate (spikes per neuron per step; input: non-zero inputs per element) "
+          f"on {report['test_images']} test images")
+    print(f"{'layer':>10} {'neurons':>9} " + " ".join(f"{'t=' + str(t + 1):>7}" for t in shown)
+          + f" {'mean':>7} {'per T':>7}")
+    for r in rates["layers"]:
+        print(f"{r['layer']:>10} {r['neurons']:>9} " + " ".join(f"{r['per_step'][t]:>7.4f}" for t in shown)
+              + f" {r['mean_rate']:>7.4f} {r['spikes_per_neuron']:>7.3f}")
+    net = rates["network"]
+    print(f"network: {net['spikes_per_image']:.1f} spikes per image over {steps} steps in "
+          f"{net['neurons']} neurons, {net['mean_rate']:.4f} per neuron per step")
+
+    energy = report["energy"]
+    print(f"\nenergy per image: SNN E_AC = {report['e_ac_pj']:g} pJ, ANN E_MAC = {report['e_mac_pj']:g} pJ "
+          f"({report['technology']})")
+    print(f"{'layer':>6} {'inputs from':>16} {'op':>3} {'SNN ops':>12} {'ANN MACs':>12} "
+          f"{'SNN uJ':>10} {'ANN uJ':>10} {'ANN/SNN':>9}")
+    for r in energy["layers"]:
+        print(f"{r['layer']:>6} {r['inputs_from']:>16} {r['snn_op']:>3} {r['snn_ops_per_image']:>12.4g} "
+              f"{r['ann_macs_per_image']:>12.4g} {r['snn_energy_pj'] * 1e-6:>10.4g} "
+              f"{r['ann_energy_pj'] * 1e-6:>10.4g} {_ratio(r['ann_over_snn']):>9}")
+    tot = energy["total"]
+    print(f"{'total':>6} {'':>16} {'':>3} {tot['snn_ac_per_image'] + tot['snn_mac_per_image']:>12.4g} "
+          f"{tot['ann_macs_per_image']:>12.4g} {tot['snn_energy_uj']:>10.4g} {tot['ann_energy_uj']:>10.4g} "
+          f"{_ratio(tot['ann_over_snn']):>9}")
+    print("counted: one operation per output reached by each non-zero input, input layer and readout "
+          "included; pooled spikes count one AC per output reached per non-zero pooled value")
+    print("not counted: BNTT (folds into a per-step scale and offset per neuron), neuron updates "
+          "(leak, compare, reset), memory; the ANN counts only its MACs (its BatchNorm folds into the weights)"
+          + (f"; the ANN runs {report['ann_passes']} passes, one per sequence slice"
+             if report["ann_passes"] > 1 else ""))
+
+    print("\naccuracy and SNN energy of running the first t steps")
+    print(f"{'t':>4} {'top-1':>7} {'uJ/image':>10} {'of full':>8} {'ANN/SNN':>9}")
+    for r in report["time"]:
+        print(f"{r['t']:>4} {r['top1']:>7.2f} {r['snn_energy_uj']:>10.4g} {r['fraction_of_full']:>8.1%} "
+              f"{_ratio(r['ann_over_snn']):>9}")
+    print("\nper-sample exit (softmax margin >= threshold)")
+    print(f"{'threshold':>9} {'top-1':>7} {'mean steps':>10} {'uJ/image':>10} {'ANN/SNN':>9}")
+    for r in report["sample_exit"]:
+        print(f"{r['threshold']:>9g} {r['top1']:>7.2f} {r['mean_steps']:>10.2f} {r['snn_energy_uj']:>10.4g} "
+              f"{_ratio(r['ann_over_snn']):>9}")
+
+
+def csv_bytes(rows: list) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def _json_number(x):
+    # JSON has no infinity; a layer without operations has no finite ratio.
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return _json_number(obj)
+
+
+def csv_tables(report: dict) -> dict:
+    steps = report["num_steps"]
+    rates = [{"layer": r["layer"], "neurons": r["neurons"],
+              **{f"t{t + 1}": r["per_step"][t] for t in range(steps)},
+              "mean_rate": r["mean_rate"], "spikes_per_neuron": r["spikes_per_neuron"]}
+             for r in report["rates"]["layers"]]
+    columns = ("layer", "kind", "inputs_from", "snn_op", "snn_ops_per_image", "ann_macs_per_image",
+               "snn_energy_pj", "ann_energy_pj", "ann_over_snn")
+    layers = [{k: r[k] for k in columns} for r in report["energy"]["layers"]]
+    tot = report["energy"]["total"]
+    layers.append({"layer": "total", "kind": "", "inputs_from": "", "snn_op": "",
+                   "snn_ops_per_image": tot["snn_ac_per_image"] + tot["snn_mac_per_image"],
+                   "ann_macs_per_image": tot["ann_macs_per_image"], "snn_energy_pj": tot["snn_energy_pj"],
+                   "ann_energy_pj": tot["ann_energy_pj"], "ann_over_snn": tot["ann_over_snn"]})
+    return {"rates.csv": csv_bytes(rates), "energy_layers.csv": csv_bytes(layers),
+            "energy_time.csv": csv_bytes(report["time"])}
+
+
+def write_outputs(report: dict, out_dir: Path, plots: bool) -> list:
+    files = {"activity.json": (json.dumps(_jsonable(report), indent=2) + "\n").encode(),
+             **csv_tables(report)}
+    for name, data in files.items():
+        write_atomic(out_dir / name, lambda f, data=data: f.write(data))
+
+    from torch.utils.tensorboard import SummaryWriter
+    with SummaryWriter(str(out_dir)) as writer:
+        for r in report["rates"]["layers"]:
+            for t, rate in enumerate(r["per_step"], 1):
+                writer.add_scalar(f"activity/rate/{r['layer']}", rate, t)
+        for r in report["time"]:
+            writer.add_scalar("activity/top1_after_t_steps", r["top1"], r["t"])
+            writer.add_scalar("activity/snn_energy_uj_after_t_steps", r["snn_energy_uj"], r["t"])
+        tot = report["energy"]["total"]
+        for key in ("snn_energy_uj", "ann_energy_uj", "ann_over_snn"):
+            if math.isfinite(tot[key]):
+                writer.add_scalar(f"activity/{key}", tot[key], 0)
+        writer.add_text("activity/conventions", json.dumps(report["conventions"]))
+    written = list(files)
+    if plots:
+        written += plot(report, out_dir)
+    return written
+
+
+def plot(report: dict, out_dir: Path) -> list:
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no figures (pip install matplotlib)", file=sys.stderr)
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = report["rates"]["layers"]
+    steps = report["num_steps"]
+    grid = [r["per_step"] for r in layers]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.3 * steps + 3), 0.4 * len(layers) + 2))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest",
+                      extent=(0.5, steps + 0.5, len(layers) - 0.5, -0.5))
+    ax.set_yticks(range(len(layers)), [r["layer"] for r in layers])
+    ax.set(xlabel="time step t", title="spikes per neuron per step")
+    fig.colorbar(image, ax=ax, label="spike rate")
+    fig.tight_layout()
+    fig.savefig(out_dir / "rates.png", dpi=120)
+    plt.close(fig)
+
+    tot = report["energy"]["total"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot([r["snn_energy_uj"] for r in report["time"]], [r["top1"] for r in report["time"]],
+            marker="o", markersize=3, label="all samples stop after t steps")
+    ax.plot([r["snn_energy_uj"] for r in report["sample_exit"]], [r["top1"] for r in report["sample_exit"]],
+            marker="s", markersize=3, linestyle="--", label="per-sample exit (softmax margin)")
+    full = report["time"][-1]
+    ax.plot([full["snn_energy_uj"]], [full["top1"]], marker="*", markersize=14, color="r", linestyle="",
+            label=f"SNN, all {steps} steps: {full['snn_energy_uj']:.3g} uJ")
+    ax.axvline(tot["ann_energy_uj"], color="k", linestyle=":",
+               label=f"ANN (same architecture): {tot['ann_energy_uj']:.3g} uJ")
+    # The SNN's points sit orders of magnitude below the ANN's line: a log axis shows both.
+    energies = [r["snn_energy_uj"] for r in report["time"] + report["sample_exit"]] + [tot["ann_energy_uj"]]
+    log = min(energies) > 0
+    ax.set_xscale("log" if log else "linear")
+    low, high = ax.get_ylim()
+    if high - low < 2:  # a flat curve (an untrained net): no axis spanning float rounding
+        ax.set_ylim((low + high) / 2 - 1, (low + high) / 2 + 1)
+    ax.yaxis.get_major_formatter().set_useOffset(False)
+    ax.set(xlabel="energy per image (uJ" + (", log scale)" if log else ")"), ylabel="test top-1 (%)",
+           title=f"accuracy vs energy (E_AC {report['e_ac_pj']:g} pJ, E_MAC {report['e_mac_pj']:g} pJ)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "energy.png", dpi=120)
+    plt.close(fig)
+    return ["rates.png", "energy.png"]
+
+
+# -- command line -----------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True,
+                   help="a .pt file, or a run folder (its last.pt)")
+    p.add_argument("--dataset", choices=list(DATASETS), help="default: the checkpoint's")
+    p.add_argument("--leak_mem", type=float, help="default: the checkpoint's")
+    p.add_argument("--data_dir", default=None, help="default: the checkpoint's, else ./data")
+    p.add_argument("--test_samples", type=int, default=0, help="only the first N test images")
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--eval_seed", type=int, default=0, help="seed of the Poisson draws (default: 0)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--e_ac", type=float, default=E_AC_45NM,
+                   help=f"energy of an accumulate in pJ (default: {E_AC_45NM}, 45 nm, Horowitz 2014)")
+    p.add_argument("--e_mac", type=float, default=E_MAC_45NM,
+                   help=f"energy of a multiply-accumulate in pJ (default: {E_MAC_45NM}, 45 nm)")
+    p.add_argument("--confidence", type=float, nargs="+", default=list(DEFAULT_CONFIDENCES),
+                   help="softmax-margin thresholds of the per-sample exit")
+    p.add_argument("--out_dir", default=None, help="default: <checkpoint folder>/activity")
+    p.add_argument("--no_plots", action="store_true", help="skip the PNG figures")
+
+
+def _check(args) -> None:
+    for value, name in ([(args.e_ac, "--e_ac"), (args.e_mac, "--e_mac")]
+                        + [(c, "--confidence") for c in args.confidence]):
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{name} must be a positive number, got {value}")
+    checks = [
+        (args.batch_size >= 1, f"batch_size must be >= 1, got {args.batch_size}"),
+        (args.leak_mem is None or 0 < args.leak_mem <= 1, f"leak_mem must be in (0, 1], got {args.leak_mem}"),
+        (args.test_samples >= 0, f"test_samples must be >= 0, got {args.test_samples}"),
+        (0 <= args.eval_seed < 2 ** 32, f"eval_seed must be in 0..{2 ** 32 - 1}, got {args.eval_seed}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+def make_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out_dir {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {out_dir}: "
+                         f"{exc.strerror or exc.__class__.__name__}") from None
+
+
+def run(args) -> int:
+    _check(args)
+    source = checkpoint_file(args.checkpoint)
+    out_dir = Path(args.out_dir) if args.out_dir else source.parent / "activity"
+    device = pick_device(args.device)
+    trained = load_trained(source, args.dataset, args.leak_mem)
+    make_out_dir(out_dir)  # before the long pass, not after it
+    model = trained.model.to(device)
+    loader = test_loader(trained, args.data_dir, args.batch_size, args.test_samples,
+                         pin_memory=device.type == "cuda")
+
+    activity = activity_pass(model, loader, device, args.eval_seed)
+    report = build_report(model, activity, args.e_ac, args.e_mac, args.confidence)
+    report.update({"checkpoint": str(source), "dataset": trained.dataset, "arch": trained.arch,
+                   "eval_seed": args.eval_seed, "batch_size": args.batch_size,
+                   "leak_mem": model.leak_mem})
+    print_report(report)
+    written = write_outputs(report, out_dir, plots=not args.no_plots)
+    print(f"\nwrote {', '.join(written)} and TensorBoard events to {out_dir}")
+    return 0

@@ -1,0 +1,149 @@
+"""The non-spiking twins of the paper's VGG networks (ANN_VGG9, ANN_VGG11), the baseline of its
+energy and robustness comparisons.
+
+Same plan, widths, pools and weight shapes as SpikingVGG, with each BNTT + LIF pair replaced by
+an ordinary BatchNorm + ReLU:
+
+    conv 3x3 pad 1 no bias -> BatchNorm2d -> ReLU [-> the same average pool] ... ->
+    fc1 (no bias) -> BatchNorm1d -> ReLU -> fc2 readout (no bias)
+
+The BatchNorms use BNTT's eps and momentum (bntt/paper.py) and keep their shift (beta): a
+standard ANN, not a one-step SNN. Weights get the same Xavier-uniform init, and modules are
+created in the same order as SpikingVGG's, so that from the same seed the conv and linear
+weights start equal to the SNN's. The analyses and train.py treat it like a SpikingNetwork:
+`forward(x, generator=None)` (no randomness: the generator is ignored), `num_steps = 1`,
+`bntt_layers() == []`, `set_engine(name)` returns the model (there is no time loop).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+# The module, not its names: bntt.models may import this module to register the ANNs, and its
+# plans are only read when a network is built.
+from bntt import models as snn
+from bntt.paper import BN_EPS, BN_MOMENTUM, INIT_GAIN
+
+
+class ANNVGG(nn.Module):
+    """Conv blocks (conv 3x3 no bias -> BatchNorm2d -> ReLU [-> pool]), a hidden FC with
+    BatchNorm1d and ReLU, and the readout fc2. `plan` is a SpikingVGG plan (conv widths, POOL,
+    GLOBAL_POOL)."""
+
+    num_steps = 1       # one pass: what an SNN's T is to the analyses
+    encoder = None      # the normalised image is the input
+    leak_mem = None
+    engine = None
+
+    def __init__(self, plan, hidden: int, num_cls: int = 10, in_channels: int = 3,
+                 img_size: int = 32):
+        super().__init__()
+        halvings = plan.count(snn.POOL)
+        if img_size % (2 ** halvings) or img_size < 2 ** halvings:
+            raise ValueError(f"img_size must be a multiple of {2 ** halvings} for this network, "
+                             f"got {img_size}")
+        self.num_cls, self.in_channels, self.img_size = num_cls, in_channels, img_size
+        self._blocks = []  # (conv, bn, pool or None) attribute names, bottom to top
+
+        channels, size, n_conv, n_pool = in_channels, img_size, 0, 0
+        for entry in plan:
+            if entry in (snn.POOL, snn.GLOBAL_POOL):
+                n_pool += 1
+                pool = nn.AvgPool2d(kernel_size=2) if entry == snn.POOL else nn.AdaptiveAvgPool2d((1, 1))
+                setattr(self, f"pool{n_pool}", pool)
+                self._blocks[-1] = (*self._blocks[-1][:2], f"pool{n_pool}")
+                size = size // 2 if entry == snn.POOL else 1
+                continue
+            n_conv += 1
+            setattr(self, f"conv{n_conv}",
+                    nn.Conv2d(channels, entry, kernel_size=3, stride=1, padding=1, bias=False))
+            setattr(self, f"bn{n_conv}", nn.BatchNorm2d(entry, eps=BN_EPS, momentum=BN_MOMENTUM))
+            self._blocks.append((f"conv{n_conv}", f"bn{n_conv}", None))
+            channels = entry
+        self.fc1 = nn.Linear(channels * size * size, hidden, bias=False)
+        self.bn_fc = nn.BatchNorm1d(hidden, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.fc2 = nn.Linear(hidden, num_cls, bias=False)
+        self.relu = nn.ReLU()
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight, gain=INIT_GAIN)
+
+    @property
+    def readout(self) -> nn.Linear:
+        return self.fc2
+
+    def bntt_layers(self):
+        return []
+
+    def set_engine(self, name: str) -> "ANNVGG":
+        from bntt.engines import ENGINES
+        from bntt.names import check_name
+
+        check_name("engine", name, ENGINES)  # a typo is still an error, as for the SNNs
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> the input of fc1, flattened in (channel, row, column) order as in the SNN."""
+        for conv, bn, pool in self._blocks:
+            x = self.relu(getattr(self, bn)(getattr(self, conv)(x)))
+            if pool is not None:
+                x = getattr(self, pool)(x)
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalised images [B, C, H, W] -> logits [B, num_cls]; `generator` is ignored."""
+        return self.fc2(self.relu(self.bn_fc(self.fc1(self.features(x)))))
+
+    def extra_repr(self) -> str:
+        return "non-spiking twin of SpikingVGG (BatchNorm + ReLU in place of BNTT + LIF)"
+
+
+class ANN_VGG9(ANNVGG):
+    def __init__(self, num_cls=10, in_channels=3, img_size=32):
+        super().__init__(snn.VGG9_PLAN, 1024, num_cls, in_channels, img_size)
+
+
+class ANN_VGG11(ANNVGG):
+    def __init__(self, num_cls=10, in_channels=3, img_size=32):
+        super().__init__(snn.VGG11_PLAN, 4096, num_cls, in_channels, img_size)
+
+
+ANN_MODELS = {"vgg9_ann": ANN_VGG9, "vgg11_ann": ANN_VGG11}
+ANN_ARCHS = tuple(ANN_MODELS)
+
+
+def load_trained_ann(path, dataset: str | None = None):
+    """The ANN in checkpoint `path` (a file, or a run folder: its last.pt) as a
+    bntt.trained.Trained, on the CPU, in eval mode. The checkpoint's config must name its arch
+    ("vgg9_ann" or "vgg11_ann") and, unless `dataset` is given, its dataset; the network is
+    shaped for the dataset and the weights are loaded strictly. CheckpointError, in one line,
+    for anything else."""
+    # Imported here: they import bntt.models, which may come to import this module.
+    from bntt.checkpoint import CheckpointError, checkpoint_file, load_checkpoint, model_state
+    from bntt.data import DATASETS
+    from bntt.trained import Trained
+
+    source = checkpoint_file(path)
+    ckpt = load_checkpoint(source)
+    state = model_state(ckpt)
+    cfg = ckpt.get("config", {}) if isinstance(ckpt.get("config"), dict) else {}
+    arch = cfg.get("arch")
+    if arch not in ANN_MODELS:
+        raise CheckpointError(f"{source} is not an ANN checkpoint: its config names arch {arch!r}, "
+                              f"not one of {', '.join(ANN_ARCHS)}")
+    dataset = dataset or cfg.get("dataset")
+    if dataset is None:
+        raise CheckpointError(f"{source} does not record its dataset; pass --dataset")
+    if dataset not in DATASETS:
+        raise CheckpointError(f"{source} names dataset {dataset!r}, not one of {', '.join(DATASETS)}")
+    info = DATASETS[dataset]
+    if info.kind != "image":
+        raise CheckpointError(f"{source}: the ANNs take images, and {dataset} serves {info.kind}")
+    model = ANN_MODELS[arch](num_cls=info.num_cls, in_channels=info.in_channels,
+                             img_size=info.img_size)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source} does not fit {arch} on {dataset}: "
+                              f"{' '.join(str(exc).split())[:300]}") from None
+    return Trained(model.eval(), dataset, cfg, source, arch)

@@ -1,0 +1,252 @@
+"""Spike rates and energy (bntt/analysis/activity.py): operation counts against brute force, rates
+of hand-set networks, the ANN's MACs, the energy-vs-time curve, `analyze.py activity`."""
+import itertools
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import analyze
+import train
+from bntt import early_exit
+from bntt.analysis import activity
+from bntt.coding import SequenceEncoder
+from bntt.models import build_model
+from helpers import small_model
+from utill import correct_topk
+
+
+def brute_force_ops(conv: nn.Conv2d, spikes: torch.Tensor) -> torch.Tensor:
+    """[T, B] ops: for every non-zero input element, the output elements (channels x positions)
+    that a conv with an all-ones weight and the same geometry makes non-zero from it alone."""
+    ones = torch.ones(conv.out_channels, conv.in_channels // conv.groups, *conv.kernel_size,
+                      dtype=torch.float64)
+    where = torch.nonzero(spikes)
+    one_hot = torch.zeros(len(where), *spikes.shape[2:], dtype=torch.float64)  # one map per element
+    one_hot[torch.arange(len(where)), where[:, 2], where[:, 3], where[:, 4]] = 1.0
+    out = F.conv2d(one_hot, ones, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    ops = torch.zeros(spikes.shape[:2], dtype=torch.long)
+    for (t, b), reached in zip(where[:, :2].tolist(), torch.count_nonzero(out.flatten(1), dim=1).tolist()):
+        ops[t, b] += reached
+    return ops
+
+
+def hand_made_spikes(channels, height, width):
+    """[2, 2, C, H, W]: every corner and edge of the map, an interior block, a random sprinkle, and
+    the values pooled spikes and signed Poisson spikes take (all non-zero count the same)."""
+    g = torch.Generator().manual_seed(3)
+    s = (torch.rand(2, 2, channels, height, width, generator=g) < 0.15).double()
+    s[0, 0, 0, [0, 0, -1, -1], [0, -1, 0, -1]] = 1.0  # the four corners
+    s[0, 1, :, 0, :] = 1.0  # a whole top row
+    s[1, 0, -1, :, -1] = 0.25  # a right column of pooled values
+    s[1, 1, :, 2:4, 1:3] = -1.0  # an interior block of negative input spikes
+    return s
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, groups", [
+    (3, 1, 1, 1, 1),  # the networks' convolutions
+    (3, 2, 1, 1, 1),
+    (3, 1, 0, 1, 1),
+    (3, 2, 0, 1, 1),
+    (2, 2, 0, 1, 1),
+    (5, 3, 2, 1, 1),
+    (3, 1, 2, 2, 1),
+    (3, 1, 1, 1, 2),
+    (3, 1, "same", 1, 1),
+])
+def test_conv_ops_equal_brute_force(kernel, stride, padding, dilation, groups):
+    conv = nn.Conv2d(4, 6, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                     bias=False)
+    spikes = hand_made_spikes(4, 7, 6)  # odd sizes: a stride's floor leaves some inputs unread
+    assert torch.equal(activity.synaptic_ops(conv, spikes), brute_force_ops(conv, spikes))
+
+
+def test_conv_reach_of_a_full_map():
+    conv = nn.Conv2d(3, 5, 3, padding=1, bias=False)
+    reach = activity.conv_reach(conv, 8, 6)
+    assert reach[0, 0] == 4 and reach[0, 3] == 6 and reach[4, 3] == 9  # corner, edge, interior
+    # All inputs firing: per dimension, the interior positions are covered 3 times, the borders 2
+    ops = activity.synaptic_ops(conv, torch.ones(1, 1, 3, 8, 6))
+    assert ops.item() == 3 * 5 * (3 * 8 - 2) * (3 * 6 - 2)
+
+
+def test_linear_ops_are_nonzero_inputs_times_outputs():
+    fc = nn.Linear(20, 7, bias=False)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(3, 4, 20, generator=g) < 0.3).double() * torch.tensor([1.0, 0.5, -1.0, 0.25]).repeat(5)
+    ops = activity.synaptic_ops(fc, x)
+    assert torch.equal(ops, (x != 0).sum(-1) * 7)
+
+
+def test_vgg9_ann_macs_at_32x32():
+    model = build_model("vgg9", num_steps=1, img_size=32, in_channels=3, num_cls=10)
+    rows = activity.ann_macs(model, (3, 32, 32))
+    assert [r["layer"] for r in rows] == ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7",
+                                          "fc1", "fc2"]
+    expected = (3 * 9 * 64 * 32 * 32  # conv1:        1,769,472
+                + 64 * 9 * 64 * 32 * 32  # conv2:    37,748,736
+                + 64 * 9 * 128 * 16 * 16  # conv3:   18,874,368
+                + 128 * 9 * 128 * 16 * 16  # conv4:  37,748,736
+                + 128 * 9 * 256 * 8 * 8  # conv5:    18,874,368
+                + 2 * 256 * 9 * 256 * 8 * 8  # conv6, conv7: 2 x 37,748,736
+                + 256 * 4 * 4 * 1024  # fc1:          4,194,304
+                + 1024 * 10)  # fc2:                     10,240
+    assert expected == 194_717_696
+    assert sum(r["macs"] for r in rows) == expected
+
+
+def _loader(images, labels, batch):
+    return [(images[i:i + batch], labels[i:i + batch]) for i in range(0, len(images), batch)]
+
+
+def test_rates_of_a_layer_that_always_fires():
+    steps, size = 2, 16
+    model = build_model("vgg9", num_steps=steps, img_size=size, in_channels=1, num_cls=10).double().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.zero_()
+        # conv1 gives 0, so BNTT gives gamma * (0 - running_mean) / sqrt(1 + eps) ~ 10 > threshold:
+        # every neuron of layer 1 fires at every step; every later layer gets 0 and never fires.
+        model.bntt1.weight.fill_(10.0)
+        model.bntt1.running_mean.fill_(-1.0)
+    g = torch.Generator().manual_seed(0)
+    images = torch.where(torch.rand(64, 1, size, size, generator=g) < 0.5, -1.0, 1.0).double()
+    labels = torch.randint(0, 10, (64,), generator=g)
+    result = activity.activity_pass(model, _loader(images, labels, 32), torch.device("cpu"))
+    report = activity.build_report(model, result, 0.9, 4.6, [0.5])
+
+    rates = {r["layer"]: r for r in report["rates"]["layers"]}
+    assert list(rates) == ["input", "bntt1", "bntt2", "bntt3", "bntt4", "bntt5", "bntt6", "bntt7", "bntt_fc"]
+    assert rates["bntt1"]["per_step"] == [1.0, 1.0] and rates["bntt1"]["spikes_per_neuron"] == 2.0
+    assert all(r["per_step"] == [0.0, 0.0] for name, r in rates.items() if name not in ("input", "bntt1"))
+    # |x| = 1 fires with probability 1/2 (Eq. 1); 64 x 256 inputs per step: std 0.003
+    for rate in rates["input"]["per_step"]:
+        assert rate == pytest.approx(0.5, abs=0.015)
+    assert report["rates"]["network"]["spikes_per_image"] == 64 * size * size * steps
+
+    energy = {r["layer"]: r for r in report["energy"]["layers"]}
+    # conv2 sees every spike of layer 1: 64 x 64 channels, (3H - 2)(3W - 2) covered positions
+    assert energy["conv2"]["snn_ops_per_image"] == steps * 64 * 64 * (3 * size - 2) ** 2
+    assert energy["conv2"]["inputs_from"] == "bntt1" and energy["conv3"]["inputs_from"] == "bntt2 pooled"
+    assert all(energy[n]["snn_ops_per_image"] == 0 for n in ("conv3", "conv4", "conv7", "fc1", "fc2"))
+    # conv1 on the input spikes, recounted from the same draws
+    gen = torch.Generator().manual_seed(0)
+    conv1 = sum(activity.synaptic_ops(model.conv1, model.encode(x, gen)).sum().item()
+                for x, _ in _loader(images, labels, 32))
+    assert energy["conv1"]["snn_ops_per_image"] == conv1 / 64 and energy["conv1"]["snn_op"] == "AC"
+    total = report["energy"]["total"]
+    assert total["snn_energy_pj"] == pytest.approx(0.9 * (conv1 / 64 + energy["conv2"]["snn_ops_per_image"]))
+    assert total["snn_mac_per_image"] == 0
+
+
+def test_energy_time_curve_and_accuracy():
+    model = small_model("vgg9", 4, torch.float64, img_size=16, engine="multistep", in_channels=1).eval()
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(20, 1, 16, 16, generator=g, dtype=torch.float64) * 1.5
+    labels = torch.randint(0, 10, (20,), generator=g)
+    loader = _loader(images, labels, 8)
+    result = activity.activity_pass(model, loader, torch.device("cpu"), eval_seed=11)
+    report = activity.build_report(model, result, 0.9, 4.6, [1e-9, 0.5, 2.0])
+
+    time, total = report["time"], report["energy"]["total"]
+    energies = [r["snn_energy_uj"] for r in time]
+    assert [r["t"] for r in time] == [1, 2, 3, 4]
+    assert all(a <= b for a, b in itertools.pairwise(energies)) and energies[0] > 0
+    assert energies[-1] == pytest.approx(total["snn_energy_uj"], rel=1e-12)
+    assert time[-1]["snn_ops_per_image"] == pytest.approx(total["snn_ac_per_image"], rel=1e-12)
+    # the readout is charged with exactly the spikes of the last hidden layer, one AC per class
+    readout, fc_rate = report["energy"]["layers"][-1], report["rates"]["layers"][-1]
+    assert readout["layer"] == "fc2" and readout["inputs_from"] == "bntt_fc"
+    assert readout["snn_ops_per_image"] == pytest.approx(fc_rate["spikes_per_neuron"] * fc_rate["neurons"] * 10)
+
+    # accuracy after T steps is the model's own on the same draws
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        hits = sum(correct_topk(model(x, generator=gen), y)[0] for x, y in loader)
+    assert time[-1]["top1"] == pytest.approx(100.0 * hits / 20)
+
+    # a threshold nobody reaches runs every sample for T steps; the others spend at most that
+    never = report["sample_exit"][-1]
+    assert never["mean_steps"] == 4 and never["snn_energy_uj"] == pytest.approx(total["snn_energy_uj"])
+    for row in report["sample_exit"]:
+        top1, mean_steps = early_exit.sample_exit(result.margins, result.correct, row["threshold"])
+        assert row["top1"] == pytest.approx(top1) and row["mean_steps"] == pytest.approx(mean_steps)
+        assert row["snn_energy_uj"] <= total["snn_energy_uj"] * (1 + 1e-12)
+
+
+def test_sequence_network_counts_direct_input_as_macs():
+    steps = 4
+    model = build_model("fc", num_steps=steps, in_features=5, hidden=(6, 7), num_cls=10,
+                        encoder=SequenceEncoder("rows", "direct")).double().eval()
+    images = torch.rand(3, 1, steps, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    result = activity.activity_pass(model, [(images, torch.zeros(3, dtype=torch.long))], torch.device("cpu"))
+    report = activity.build_report(model, result, 0.9, 4.6, [0.5])
+    layers = report["energy"]["layers"]
+    assert [r["layer"] for r in layers] == ["fc1", "fc2", "fc_out"]
+    assert [r["snn_op"] for r in layers] == ["MAC", "AC", "AC"]
+    # intensities are real-valued currents: one MAC per non-zero input per output
+    assert layers[0]["snn_ops_per_image"] == pytest.approx((images != 0).sum().item() / 3 * 6)
+    assert report["ann_passes"] == steps  # the ANN reads one row per pass too
+    assert report["energy"]["total"]["ann_macs_per_image"] == steps * (5 * 6 + 6 * 7 + 7 * 10)
+    assert [r["layer"] for r in report["rates"]["layers"]] == ["input", "bntt1", "bntt2"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    code = train.cli(["--dataset", "fashionmnist_subset", "--arch", "vgg9", "--num_steps", "2",
+                      "--batch_size", "16", "--lr", "0.1", "--num_workers", "0", "--train_samples", "32",
+                      "--test_samples", "20", "--num_epochs", "1", "--device", "cpu",
+                      "--out_dir", str(out), "--run_name", "r"])
+    assert code == 0
+    return out / "r"
+
+
+def test_analyze_activity_end_to_end(trained_run, tmp_path, capsys):
+    out = tmp_path / "act"
+    # batch 32 as train.py's test loader (2 x 16): the same Poisson draws per image
+    code = analyze.cli(["activity", "--checkpoint", str(trained_run), "--test_samples", "20",
+                        "--batch_size", "32", "--device", "cpu", "--out_dir", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    report = json.loads((out / "activity.json").read_text())
+    for key in ("checkpoint", "eval_seed", "e_ac_pj", "e_mac_pj", "test_images", "conventions", "rates",
+                "energy", "time", "sample_exit", "dataset", "arch", "technology"):
+        assert key in report
+    assert report["test_images"] == 20 and report["eval_seed"] == 0
+    assert (report["e_ac_pj"], report["e_mac_pj"]) == (0.9, 4.6)
+    assert report["checkpoint"].endswith("last.pt")
+    assert {"snn_counted", "snn_not_counted", "ann_counted"} <= set(report["conventions"])
+    assert [r["layer"] for r in report["energy"]["layers"]][-1] == "fc2"
+    assert report["energy"]["total"]["ann_macs_per_image"] == 194_717_696 - 2 * 9 * 64 * 32 * 32  # 1 channel
+    metrics = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert report["time"][-1]["top1"] == pytest.approx(metrics["test_top1"])
+    assert "not counted: BNTT" in printed and "ANN/SNN" in printed
+    assert (out / "rates.csv").read_text().splitlines()[0].startswith("layer,neurons,t1,t2,")
+    assert (out / "energy_layers.csv").read_text().splitlines()[-1].startswith("total,")
+    assert len((out / "energy_time.csv").read_text().splitlines()) == 3
+    assert list(out.glob("events.out.tfevents.*"))
+    pytest.importorskip("matplotlib")
+    assert (out / "rates.png").stat().st_size > 1000 and (out / "energy.png").stat().st_size > 1000
+
+
+def test_analyze_activity_bad_input(trained_run, tmp_path, capsys):
+    def err(argv):
+        code = analyze.cli(["activity", *argv])
+        msg = capsys.readouterr().err.strip()
+        assert len(msg.splitlines()) == 1
+        return code, msg
+
+    code, msg = err(["--checkpoint", str(tmp_path / "missing.pt")])
+    assert code == 2 and "missing.pt does not exist" in msg
+    assert not (tmp_path / "activity").exists()
+    for flag, value in (("--e_ac", "0"), ("--e_ac", "-0.9"), ("--e_mac", "nan")):
+        code, msg = err(["--checkpoint", str(trained_run), flag, value])
+        assert code == 2 and f"{flag} must be a positive number" in msg
+    afile = tmp_path / "a_file"
+    afile.write_text("")
+    code, msg = err(["--checkpoint", str(trained_run), "--out_dir", str(afile), "--test_samples", "4"])
+    assert code == 2 and "is a file" in msg
