@@ -26,7 +26,7 @@ from tqdm import tqdm
 from bntt import early_exit
 from bntt.ann import ANN_ARCHS
 from bntt.checkpoint import checkpoint_file, write_atomic
-from bntt.cli import UsageError, autocast, pick_device, run_cli
+from bntt.cli import UsageError, autocast, pick_device, pyplot, require, run_cli
 from bntt.data import DATASETS
 from bntt.engines import ENGINES
 from bntt.trained import load_trained, test_loader
@@ -198,13 +198,9 @@ def plot_gammas(plt, ts, layers, means, ge, out_dir: Path) -> str:
 
 
 def plot(report: dict, layers: list, out_dir: Path) -> list:
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib is not installed: no figures (pip install matplotlib)", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return []
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     steps = report["num_steps"]
     ts = list(range(1, steps + 1))
@@ -244,9 +240,7 @@ def main(argv=None) -> int:
         (args.num_workers >= 0, f"num_workers must be >= 0, got {args.num_workers}"),
         (0 <= args.eval_seed < 2 ** 32, f"eval_seed must be in 0..{2 ** 32 - 1}, got {args.eval_seed}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+    require(checks)
     source = checkpoint_file(args.checkpoint)
     out_dir = Path(args.out_dir) if args.out_dir else source.parent / "early_exit"
     if out_dir.exists() and not out_dir.is_dir():  # found before the long pass, not after it

@@ -33,7 +33,7 @@ from bntt.checkpoint import (BEST_CHECKPOINT, RUN_CHECKPOINT, CheckpointError, c
                              load_checkpoint, load_model_state, model_state, rng_state,
                              run_folder_of, save_atomic, set_rng_state)
 from bntt.checkpoint import write_atomic
-from bntt.cli import UsageError, autocast, pick_device, run_cli
+from bntt.cli import UsageError, autocast, pick_device, require, run_cli
 from bntt.coding import SEQUENCE_CODINGS, SEQUENCE_ORDERS
 from bntt.data import DATASETS, make_datasets, make_loaders
 from bntt.engines import ENGINES
@@ -163,9 +163,7 @@ def validate(cfg: dict) -> None:
          f"run_name must be a plain folder name (no '/', not '.' or '..', at most 255 bytes), "
          f"got {cfg['run_name']!r}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+    require(checks)
 
 
 def hidden_sizes(cfg: dict) -> tuple[int, ...]:

@@ -14,6 +14,26 @@ class UsageError(Exception):
     """Bad flags or files given on the command line; the message says which."""
 
 
+def require(checks) -> None:
+    """Raise UsageError with the message of the first (ok, message) pair that is not ok."""
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None, saying so in one line, when
+    matplotlib (an optional extra) is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no figures (pip install matplotlib)", file=sys.stderr)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from tqdm import tqdm
 
 from bntt import early_exit
 from bntt.checkpoint import checkpoint_file, write_atomic
-from bntt.cli import UsageError, pick_device
+from bntt.cli import UsageError, pick_device, pyplot, require
 from bntt.coding import SequenceEncoder
 from bntt.data import DATASETS
 from bntt.engines import run_multistep, synapse_input
@@ -448,13 +447,9 @@ def write_outputs(report: dict, out_dir: Path, plots: bool) -> list:
 
 
 def plot(report: dict, out_dir: Path) -> list:
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib is not installed: no figures (pip install matplotlib)", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return []
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     layers = report["rates"]["layers"]
     steps = report["num_steps"]
@@ -530,9 +525,7 @@ def _check(args) -> None:
         (args.test_samples >= 0, f"test_samples must be >= 0, got {args.test_samples}"),
         (0 <= args.eval_seed < 2 ** 32, f"eval_seed must be in 0..{2 ** 32 - 1}, got {args.eval_seed}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+    require(checks)
 
 
 def make_out_dir(out_dir: Path) -> None:

@@ -32,7 +32,6 @@ import csv
 import io
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from bntt.analysis.attacks import (ann_logits_fn, fgsm, gaussian_noise, normalis
                                    snn_logits_fn, to_pixels)
 from bntt.ann import ANN_ARCHS, load_trained_ann
 from bntt.checkpoint import checkpoint_file, load_checkpoint, run_folder_of, write_atomic
-from bntt.cli import UsageError, pick_device
+from bntt.cli import UsageError, pick_device, pyplot, require
 from bntt.data import DATASETS, dataset_info
 from bntt.engines import ENGINES
 from bntt.trained import Trained, load_trained, test_loader
@@ -112,9 +111,7 @@ def check_args(args) -> None:
         (args.leak_mem is None or 0 < args.leak_mem <= 1,
          f"--leak_mem must be in (0, 1], got {args.leak_mem}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+    require(checks)
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -335,13 +332,9 @@ def write_outputs(report: dict, out_dir: Path, plots: bool) -> list:
 
 
 def plot(report: dict, out_dir: Path) -> list:
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib is not installed: no figure (pip install matplotlib)", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return []
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     colours = {"snn": "tab:blue", "ann": "tab:orange"}
     fig, (noise_ax, attack_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
