@@ -16,7 +16,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from tqdm import tqdm
 from bntt import early_exit
 from bntt.ann import ANN_ARCHS
 from bntt.checkpoint import checkpoint_file, write_atomic
-from bntt.cli import UsageError, autocast, pick_device, pyplot, require, run_cli
+from bntt.cli import (UsageError, autocast, check_scoring_flags, pick_device, pyplot,
+                      require_positive, run_cli)
 from bntt.data import DATASETS
 from bntt.engines import ENGINES
 from bntt.trained import load_trained, test_loader
@@ -230,17 +230,9 @@ def plot(report: dict, layers: list, out_dir: Path) -> list:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    for value, name in [(args.exit_threshold, "--exit_threshold")] + [(c, "--confidence") for c in args.confidence]:
-        if not (math.isfinite(value) and value > 0):
-            raise UsageError(f"{name} must be a positive number, got {value}")
-    checks = [
-        (args.batch_size >= 1, f"batch_size must be >= 1, got {args.batch_size}"),
-        (args.leak_mem is None or 0 < args.leak_mem <= 1, f"leak_mem must be in (0, 1], got {args.leak_mem}"),
-        (args.test_samples >= 0, f"test_samples must be >= 0, got {args.test_samples}"),
-        (args.num_workers >= 0, f"num_workers must be >= 0, got {args.num_workers}"),
-        (0 <= args.eval_seed < 2 ** 32, f"eval_seed must be in 0..{2 ** 32 - 1}, got {args.eval_seed}"),
-    ]
-    require(checks)
+    require_positive([(args.exit_threshold, "--exit_threshold")]
+                     + [(c, "--confidence") for c in args.confidence])
+    check_scoring_flags(args)
     source = checkpoint_file(args.checkpoint)
     out_dir = Path(args.out_dir) if args.out_dir else source.parent / "early_exit"
     if out_dir.exists() and not out_dir.is_dir():  # found before the long pass, not after it

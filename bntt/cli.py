@@ -1,6 +1,7 @@
 """What train.py and evaluate.py share: devices, autocast, and one-line errors."""
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import nullcontext
 
@@ -19,6 +20,26 @@ def require(checks) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+
+
+def require_positive(named_values) -> None:
+    """UsageError for the first (value, flag) whose value is not a positive finite number."""
+    for value, name in named_values:
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{name} must be a positive number, got {value}")
+
+
+def check_scoring_flags(args) -> None:
+    """The flags every command that scores a checkpoint on a test set shares: batch_size,
+    leak_mem, test_samples, eval_seed, and num_workers where the command has it."""
+    checks = [
+        (args.batch_size >= 1, f"batch_size must be >= 1, got {args.batch_size}"),
+        (args.leak_mem is None or 0 < args.leak_mem <= 1, f"leak_mem must be in (0, 1], got {args.leak_mem}"),
+        (args.test_samples >= 0, f"test_samples must be >= 0, got {args.test_samples}"),
+        (getattr(args, "num_workers", 0) >= 0, f"num_workers must be >= 0, got {getattr(args, 'num_workers', 0)}"),
+        (0 <= args.eval_seed < 2 ** 32, f"eval_seed must be in 0..{2 ** 32 - 1}, got {args.eval_seed}"),
+    ]
+    require(checks)
 
 
 def pyplot():

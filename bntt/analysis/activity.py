@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from bntt import early_exit
 from bntt.checkpoint import checkpoint_file, write_atomic
-from bntt.cli import UsageError, pick_device, pyplot, require
+from bntt.cli import UsageError, check_scoring_flags, pick_device, pyplot, require_positive
 from bntt.coding import SequenceEncoder
 from bntt.data import DATASETS
 from bntt.engines import run_multistep, synapse_input
@@ -515,17 +515,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check(args) -> None:
-    for value, name in ([(args.e_ac, "--e_ac"), (args.e_mac, "--e_mac")]
-                        + [(c, "--confidence") for c in args.confidence]):
-        if not (math.isfinite(value) and value > 0):
-            raise UsageError(f"{name} must be a positive number, got {value}")
-    checks = [
-        (args.batch_size >= 1, f"batch_size must be >= 1, got {args.batch_size}"),
-        (args.leak_mem is None or 0 < args.leak_mem <= 1, f"leak_mem must be in (0, 1], got {args.leak_mem}"),
-        (args.test_samples >= 0, f"test_samples must be >= 0, got {args.test_samples}"),
-        (0 <= args.eval_seed < 2 ** 32, f"eval_seed must be in 0..{2 ** 32 - 1}, got {args.eval_seed}"),
-    ]
-    require(checks)
+    require_positive([(args.e_ac, "--e_ac"), (args.e_mac, "--e_mac")]
+                     + [(c, "--confidence") for c in args.confidence])
+    check_scoring_flags(args)
 
 
 def make_out_dir(out_dir: Path) -> None:
