@@ -12,6 +12,10 @@ input a_t of step t, per channel c, with n = B*H*W values per channel (n = B for
 eps = 1e-4, m = 0.1 (bntt/paper.py), gamma_t = 1, rmean_t = 0, rvar_t = 1 at start. Nothing is
 shared across steps.
 
+When several processes train one network (DDP), `sync_group` set to their process group makes
+the training statistics those of the global batch (bntt/sync.py): one exchange per call
+forward and one backward, for all the steps of the call. None (the default) keeps them local.
+
 Storage is one [T, C] tensor per quantity, so that all steps can be normalised in one
 reduction; the state_dict is written and read in the authors' per-step layout
 (`<name>.<t>.weight`, `.running_mean`, `.running_var`, `.num_batches_tracked`), so checkpoints
@@ -56,6 +60,7 @@ class BNTT(nn.Module):
         self.register_buffer("running_var", torch.ones(num_steps, num_features, **factory))
         self.register_buffer("num_batches_tracked",
                              torch.zeros(num_steps, dtype=torch.long, device=device))
+        self.sync_group = None  # a torch.distributed group: statistics over the global batch
 
     def forward(self, x: torch.Tensor, t: int | None = None) -> torch.Tensor:
         if t is not None:
@@ -72,6 +77,8 @@ class BNTT(nn.Module):
             raise ValueError(f"BNTT expects {self.num_features} channels, got {channels}")
         steps = slice(first_step, first_step + n)
         dtype = torch.promote_types(x.dtype, self.weight.dtype)
+        if self.training and self.sync_group is not None:
+            return self._normalise_global(x.to(dtype), steps)
         # Steps become channels: [n, B, C, ...] -> [B, n*C, ...]. One batch_norm call then holds
         # each step's statistics apart, and writes each step's running statistics in place
         # through the flat views of the [T, C] buffers.
@@ -89,6 +96,20 @@ class BNTT(nn.Module):
         if self.training:
             self.num_batches_tracked[steps] += 1
         return y.reshape(batch, n, channels, *x.shape[3:]).transpose(0, 1)
+
+    def _normalise_global(self, a: torch.Tensor, steps: slice) -> torch.Tensor:
+        """Eq. 3-4 with the statistics of the global batch (bntt/sync.py)."""
+        from bntt.sync import global_moments
+
+        mean, var, count = global_moments(a, self.running_mean[steps].to(a.dtype), self.sync_group)
+        with torch.no_grad():
+            m = self.momentum
+            self.running_mean[steps] = (1 - m) * self.running_mean[steps] + m * mean
+            self.running_var[steps] = (1 - m) * self.running_var[steps] + m * var * count / (count - 1)
+            self.num_batches_tracked[steps] += 1
+        view = (a.shape[0], 1, a.shape[2]) + (1,) * (a.dim() - 3)
+        scale = self.weight[steps] * torch.rsqrt(var + self.eps)
+        return (a - mean.view(view)) * scale.view(view)
 
     # -- the authors' per-step state_dict layout ---------------------------------------------
 

@@ -17,6 +17,8 @@ which is `LIFNeuron(BNTT(z))` of bntt/ (tests/test_fused.py checks it against th
   and writes g = dL/dy together with the per-(t, c) sums the BatchNorm backward needs; a second,
   elementwise launch turns g into dL/dz in place. Each program adds into its own slot of partial
   sums, which the host adds up: no atomics, so results are deterministic.
+- with a process group (DDP, `BNTT.sync_group`), the statistics and the backward's sums are
+  those of the global batch: one all_reduce each way (bntt/sync.py).
 
 Arithmetic runs in float32 (float64 for float64 input); z, the spikes and dL/dz keep z's dtype
 (bf16 under autocast). On a CPU the kernels run under the Triton interpreter
@@ -29,6 +31,7 @@ import os
 import torch
 
 from bntt.paper import SURROGATE_SCALE
+from bntt.sync import all_reduce_sum, merge_moments
 
 try:
     import triton
@@ -278,17 +281,21 @@ class BNTTLIF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, weight, running_mean, running_var, num_batches_tracked,
-                training: bool, momentum: float, eps: float, leak: float, threshold: float):
+                training: bool, momentum: float, eps: float, leak: float, threshold: float,
+                group=None):
         T, R, C = z.shape
         acc = _acc_dtype(z.dtype)
+        count = R
         if training:
             if R < 2:
                 raise ValueError(f"BNTT needs more than 1 value per channel when training, got {R}")
             mean, var = batch_stats(z)
+            if group is not None:  # the global batch's statistics (bntt/sync.py)
+                count, mean, var = merge_moments(R, mean, var, running_mean[:T].to(acc), group)
             with torch.no_grad():
                 running_mean[:T].mul_(1 - momentum).add_(momentum * mean.to(running_mean.dtype))
                 running_var[:T].mul_(1 - momentum).add_(
-                    momentum * (var * (R / (R - 1))).to(running_var.dtype))
+                    momentum * (var * (count / (count - 1))).to(running_var.dtype))
                 num_batches_tracked[:T] += 1
         else:
             mean, var = running_mean[:T].to(acc), running_var[:T].to(acc)
@@ -300,13 +307,13 @@ class BNTTLIF(torch.autograd.Function):
             z, spikes, mean.contiguous(), scale.contiguous(), _neuron_constants(leak, threshold, z), R, C,
             T=T, BLOCK_R=block_r, BLOCK_C=block_c, ACC=getattr(tl, _TL_ACC[acc]))
         ctx.save_for_backward(z, weight, mean, rstd, scale)
-        ctx.settings = (training, leak, threshold)
+        ctx.settings = (training, leak, threshold, group, count)
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
         z, weight, mean, rstd, scale = ctx.saved_tensors
-        training, leak, threshold = ctx.settings
+        training, leak, threshold, group, count = ctx.settings
         T, R, C = z.shape
         acc = mean.dtype
         tl_acc = getattr(tl, _TL_ACC[acc])
@@ -328,17 +335,19 @@ class BNTTLIF(torch.autograd.Function):
         grad_weight = None
         if sums:
             sum_g, sum_gx = psum.sum(2)
-            if ctx.needs_input_grad[1]:
+            if ctx.needs_input_grad[1]:  # gamma's gradient from these rows; DDP adds the rest
                 grad_weight = torch.zeros_like(weight)
                 grad_weight[:T] = sum_gx.to(weight.dtype)
+            if training and group is not None:
+                sum_g, sum_gx = all_reduce_sum([sum_g, sum_gx], group)
         if training and ctx.needs_input_grad[0]:
             block_r, block_c = _tiles(C, 2048, z.device)
             _batchnorm_grad_kernel[(triton.cdiv(R, block_r), triton.cdiv(C, block_c), T)](
-                z, grad_z, mean, scale, rstd, (sum_g / R).contiguous(), (sum_gx / R).contiguous(),
+                z, grad_z, mean, scale, rstd, (sum_g / count).contiguous(), (sum_gx / count).contiguous(),
                 R, C, BLOCK_R=block_r, BLOCK_C=block_c, ACC=tl_acc)
         if not ctx.needs_input_grad[0]:
             grad_z = None
-        return grad_z, grad_weight, None, None, None, None, None, None, None, None
+        return grad_z, grad_weight, None, None, None, None, None, None, None, None, None
 
 
 def bntt_lif(z: torch.Tensor, bntt, neuron) -> torch.Tensor:
@@ -353,5 +362,5 @@ def bntt_lif(z: torch.Tensor, bntt, neuron) -> torch.Tensor:
     rows = z.movedim(2, -1).reshape(T, -1, C).contiguous()
     spikes = BNTTLIF.apply(rows, bntt.weight, bntt.running_mean, bntt.running_var,
                            bntt.num_batches_tracked, bntt.training, bntt.momentum, bntt.eps,
-                           neuron.leak, neuron.threshold)
+                           neuron.leak, neuron.threshold, bntt.sync_group)
     return spikes.reshape(T, B, *z.shape[3:], C).movedim(-1, 2)
