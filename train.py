@@ -4,10 +4,14 @@
     python train.py --num_steps 25 --lr 0.3 --arch vgg9 --dataset cifar10 --batch_size 256 \
         --leak_mem 0.95 --num_workers 4 --num_epochs 100
     python train.py --resume runs/<run folder>
+    torchrun --standalone --nproc_per_node 4 train.py --config configs/cifar10_vgg9.toml
 
 Flags keep the authors' names and defaults; --config reads the same keys from a TOML file and
 flags given on the command line override it. A run folder holds last.pt and best.pt
 (checkpoints), metrics.jsonl (one line per epoch), config.json and TensorBoard events.
+Under torchrun each process trains its share of every global batch (--batch_size) and rank 0
+writes the run folder (bntt/distributed.py); a job restarted by torchrun continues from the
+run folder's last.pt.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import random
 import sys
 import time
 import tomllib
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +33,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from bntt import distributed, seeding
 from bntt.ann import ANN_ARCHS
 from bntt.checkpoint import (BEST_CHECKPOINT, RUN_CHECKPOINT, CheckpointError, checkpoint_file,
                              load_checkpoint, load_model_state, model_state, rng_state,
@@ -36,6 +42,7 @@ from bntt.checkpoint import write_atomic
 from bntt.cli import UsageError, autocast, pick_device, require, run_cli
 from bntt.coding import SEQUENCE_CODINGS, SEQUENCE_ORDERS
 from bntt.data import DATASETS, make_datasets, make_loaders
+from bntt.data.sampling import set_epoch
 from bntt.engines import ENGINES
 from bntt.engines import resolve as resolve_engine
 from bntt.names import check_name
@@ -43,7 +50,7 @@ from bntt.norms import NORMS
 from bntt.paper import sgd
 from bntt.runlock import RunFolderBusy, RunLock
 from bntt.models import ARCHS, build_for_dataset
-from utill import AverageMeter, correct_topk, lr_at_epoch
+from utill import correct_topk, lr_at_epoch
 
 # name: (type, default, help). Defaults up to test_display_freq are the authors'.
 OPTIONS = {
@@ -80,13 +87,15 @@ OPTIONS = {
     "fc_hidden": (str, "256,256", "arch fc: hidden layer sizes, comma-separated"),
     "norm": (str, "bntt", "normalisation of every spiking layer: bntt (the paper), bn (one "
                           "BatchNorm shared by all steps), tdbn (threshold-dependent), none"),
+    "bntt_sync": (str, "global", "under torchrun: BNTT statistics of every step over the global "
+                                 "batch (global: the one-process network) or per process (local)"),
 }
 # Flags that may differ between a run and its resumption; the others would change the run.
-# num_workers is not among them: each worker process draws the augmentation from its own seed,
-# so another worker count gives other batches. A resumed run is bit-identical to an
+# The batches, augmentation and spikes of an epoch follow from (seed, epoch) alone
+# (bntt/seeding.py), so the worker count may change. A resumed run is bit-identical to an
 # uninterrupted one on the same device (docs/reliability.md).
 RESUME_OVERRIDABLE = {"device", "data_dir", "download", "train_display_freq", "test_display_freq",
-                      "resume"}
+                      "resume", "num_workers"}
 # What a checkpoint must hold to be resumed.
 TRAINING_STATE = ("state_dict", "optimizer", "epoch", "accuracy", "best_epoch", "rng", "config")
 SEED_RANGE = 2 ** 32  # NumPy's seeds are 32-bit
@@ -137,7 +146,7 @@ def validate(cfg: dict) -> None:
     try:
         for kind, choices in (("arch", ARCHS + ANN_ARCHS), ("dataset", DATASETS), ("engine", ENGINES),
                               ("seq_order", SEQUENCE_ORDERS), ("seq_coding", SEQUENCE_CODINGS),
-                              ("norm", NORMS)):
+                              ("norm", NORMS), ("bntt_sync", distributed.SYNC_MODES)):
             check_name(kind, cfg[kind], choices)
         hidden_sizes(cfg)
     except ValueError as err:
@@ -199,6 +208,7 @@ def resolve_config(argv) -> tuple[dict, dict | None]:
     """Defaults < config file < command line; with --resume, the checkpoint's config instead of
     the first two, and the file's values like flags: only those that repeat the run's own or
     are in RESUME_OVERRIDABLE are accepted. Returns (config, checkpoint or None)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     explicit = parse_flags(argv)
     cfg = {name: default for name, (_, default, _) in OPTIONS.items()}
     given = read_config_file(explicit.pop("config")) if "config" in explicit else {}
@@ -222,6 +232,9 @@ def resolve_config(argv) -> tuple[dict, dict | None]:
                                  f"with {key}={saved.get(key)!r}, not {value!r}")
         cfg = {name: saved.get(name, default) for name, (_, default, _) in OPTIONS.items()}
     validate(cfg)
+    if not cfg["resume"] and distributed.restart_count() and (run_folder(cfg) / RUN_CHECKPOINT).exists():
+        # torchrun restarted the job after a failure: continue from its last checkpoint
+        return resolve_config([*argv, "--resume", str(run_folder(cfg))])
     return cfg, ckpt
 
 
@@ -252,6 +265,8 @@ class Run:
     train_loader: DataLoader
     test_loader: DataLoader
     engine: str  # the engine that runs (`auto` resolved)
+    world: distributed.World = field(default_factory=distributed.World)
+    net: nn.Module | None = None  # what trains: the model, or the model in DDP
     start_epoch: int = 0
     best_acc: float = 0.0
     best_epoch: int = 0
@@ -262,8 +277,9 @@ class Run:
         return self.cfg["amp"]
 
 
-def load_data(cfg: dict, pin_memory: bool):
-    """(train loader, test loader); a missing dataset or a bad size stops the run here."""
+def load_data(cfg: dict, pin_memory: bool, world: distributed.World):
+    """(train loader, test loader) of this process; a missing dataset or a bad size stops the
+    run here."""
     train_set, test_set = make_datasets(cfg["dataset"], cfg["data_dir"], cfg["download"],
                                         cfg["num_steps"])
     if cfg["train_samples"]:
@@ -274,34 +290,53 @@ def load_data(cfg: dict, pin_memory: bool):
         raise UsageError(f"batch_size {cfg['batch_size']} is larger than the {len(train_set)} "
                          "training images (training drops the last partial batch)")
     return make_loaders(train_set, test_set, cfg["batch_size"], 2 * cfg["batch_size"],
-                        cfg["num_workers"], cfg["drop_last_test"], pin_memory=pin_memory)
+                        cfg["num_workers"], cfg["drop_last_test"], pin_memory=pin_memory,
+                        seed=cfg["seed"], rank=world.rank, world=world.size)
 
 
-def prepare_run(cfg: dict, ckpt: dict | None) -> Run:
+def prepare_run(cfg: dict, ckpt: dict | None, world: distributed.World | None = None) -> Run:
     """Data, model and optimiser, restored from `ckpt` when resuming. Writes nothing, so that
-    every bad input stops the run before its folder is touched."""
-    device = pick_device(cfg["device"])
+    every bad input stops the run before its folder is touched. `world`: this process's place
+    under torchrun (a world of one without)."""
+    world = world or distributed.World()
+    device = pick_device(process_device(cfg["device"]))
     folder = run_folder(cfg)
     if not cfg["resume"] and (folder / RUN_CHECKPOINT).exists():
         raise UsageError(f"{folder} already holds a run; continue it with --resume {folder} "
                          "or pick another --run_name")
+    if cfg["batch_size"] % world.size:
+        raise UsageError(f"batch_size {cfg['batch_size']} is the global batch and must divide "
+                         f"among the {world.size} processes")
     seed_everything(cfg["seed"])
     try:  # the initial weights are the first draws after the seed (loading data draws none)
         model = build_network(cfg)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    train_loader, test_loader = load_data(cfg, pin_memory=device.type == "cuda")
+    train_loader, test_loader = load_data(cfg, device.type == "cuda", world)
     try:
         model = model.to(device).set_engine(cfg["engine"])
     except RuntimeError as err:
         raise UsageError(f"--engine {cfg['engine']}: {err}") from None
+    try:
+        net = distributed.prepare_model(model, world, cfg["bntt_sync"])
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    model = distributed.unwrap(net)  # the ANN twin's BatchNorms may have become SyncBatchNorms
     run = Run(cfg, folder, device, model, sgd(model.parameters(), cfg["lr"]), train_loader,
-              test_loader, engine=resolve_engine(cfg["engine"], next(model.parameters()), cfg["num_steps"]))
+              test_loader, engine=resolve_engine(cfg["engine"], next(model.parameters()), cfg["num_steps"]),
+              world=world, net=net)
     if ckpt is not None:
         restore(run, ckpt)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return run
+
+
+def process_device(name: str) -> str:
+    try:
+        return distributed.process_device(name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def restore(run: Run, ckpt: dict) -> None:
@@ -323,17 +358,23 @@ def restore(run: Run, ckpt: dict) -> None:
                               f"{run.cfg['num_epochs']}")
 
 
-def train_epoch(run: Run, desc: str) -> dict:
-    model, optimizer, device = run.model, run.optimizer, run.device
+def train_epoch(run: Run, epoch: int, desc: str) -> dict:
+    """Train 0-based `epoch`: its batches, augmentation and input spikes are those of
+    (seed, epoch) (bntt/seeding.py), on one process or many."""
+    model, optimizer, device, world = run.model, run.optimizer, run.device, run.world
     model.train()
-    loss_m, top1_m, top5_m = AverageMeter(), AverageMeter(), AverageMeter()
-    bar = tqdm(run.train_loader, desc=desc, leave=False, dynamic_ncols=True)
-    for images, labels in bar:
+    set_epoch(run.train_loader, run.cfg["seed"], epoch)
+    spikes_from = seeding.generator(run.cfg["seed"], epoch, seeding.POISSON, device=device)
+    batches = run.train_loader.batch_sampler
+    loss_sum, correct1, correct5, count = 0.0, 0, 0, 0
+    bar = tqdm(run.train_loader, desc=desc, leave=False, dynamic_ncols=True, disable=not world.is_main)
+    for k, (images, labels) in enumerate(bar):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        offset, global_size = batches.shard(k)
         with autocast(device, run.amp):
-            output = model(images)
-        loss = run.criterion(output.float(), labels)
+            output = run.net(images, generator=spikes_from, shard=(offset, global_size))
+        loss = distributed.global_batch_loss(output.float(), labels, global_size, world)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -342,33 +383,43 @@ def train_epoch(run: Run, desc: str) -> dict:
             raise FloatingPointError(f"training loss became {loss_value}; try a lower --lr")
         c1, c5 = correct_topk(output, labels, topk=(1, 5))
         n = labels.size(0)
-        loss_m.update(loss_value, n)
-        top1_m.update(100.0 * c1 / n, n)
-        top5_m.update(100.0 * c5 / n, n)
-        bar.set_postfix(loss=f"{loss_m.avg:.4f}", top1=f"{top1_m.avg:.2f}")
-    return {"train_loss": loss_m.avg, "train_top1": top1_m.avg, "train_top5": top5_m.avg,
-            "train_images": loss_m.count}
+        # this process's summed loss: its loss is a share of the global batch's mean (see
+        # global_batch_loss) when it runs under torchrun, its own batch's mean otherwise
+        loss_sum += loss_value * (global_size / world.size if world.launched else n)
+        correct1, correct5, count = correct1 + c1, correct5 + c5, count + n
+        bar.set_postfix(loss=f"{loss_sum / count:.4f}", top1=f"{100.0 * correct1 / count:.2f}")
+    loss_sum, correct1, correct5, count = distributed.sum_over_processes(
+        (loss_sum, correct1, correct5, count), world, device)
+    return {"train_loss": loss_sum / count, "train_top1": 100.0 * correct1 / count,
+            "train_top5": 100.0 * correct5 / count, "train_images": int(count)}
 
 
 @torch.no_grad()
 def evaluate(run: Run, desc: str) -> dict:
-    """Top-1/top-5 over every test image, with Poisson draws fixed by eval_seed."""
-    model, device = run.model, run.device
+    """Top-1/top-5 over every test image (each scored once, by one process), with Poisson draws
+    fixed by eval_seed."""
+    model, device, world = run.model, run.device, run.world
+    if run.cfg["bntt_sync"] == "local":
+        distributed.share_buffers(model, world)  # every process scores with rank 0's statistics
     model.eval()
     generator = torch.Generator(device=device)
     generator.manual_seed(run.cfg["eval_seed"])
+    batches = run.test_loader.batch_sampler
     loss_sum, correct1, correct5, total = 0.0, 0, 0, 0
-    for images, labels in tqdm(run.test_loader, desc=desc, leave=False, dynamic_ncols=True):
+    for k, (images, labels) in enumerate(tqdm(run.test_loader, desc=desc, leave=False,
+                                              dynamic_ncols=True, disable=not world.is_main)):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with autocast(device, run.amp):
-            output = model(images, generator=generator)
+            output = model(images, generator=generator, shard=batches.shard(k))
         n = labels.size(0)
         loss_sum += run.criterion(output.float(), labels).item() * n
         c1, c5 = correct_topk(output, labels, topk=(1, 5))
         correct1, correct5, total = correct1 + c1, correct5 + c5, total + n
+    loss_sum, correct1, correct5, total = distributed.sum_over_processes(
+        (loss_sum, correct1, correct5, total), world, device)
     return {"test_loss": loss_sum / total, "test_top1": 100.0 * correct1 / total,
-            "test_top5": 100.0 * correct5 / total, "test_images": total}
+            "test_top5": 100.0 * correct5 / total, "test_images": int(total)}
 
 
 def claim_folder(run: Run) -> RunLock:
@@ -494,7 +545,7 @@ def run_epoch(run: Run, epoch: int) -> dict:
         group["lr"] = lr
     started = time.perf_counter()
     row = {"epoch": epoch + 1, "lr": lr}
-    row.update(train_epoch(run, f"epoch {epoch + 1} train"))
+    row.update(train_epoch(run, epoch, f"epoch {epoch + 1} train"))
     check_finite(run, epoch + 1)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
@@ -509,7 +560,7 @@ def train_epochs(run: Run, outputs: Outputs) -> dict | None:
     """The epoch loop: train, evaluate, log, checkpoint. Returns the last evaluation."""
     cfg, last_eval = run.cfg, None
     epochs = tqdm(range(run.start_epoch, cfg["num_epochs"]), desc="epochs", initial=run.start_epoch,
-                  total=cfg["num_epochs"], dynamic_ncols=True)
+                  total=cfg["num_epochs"], dynamic_ncols=True, disable=outputs is None)
     for epoch in epochs:
         row = run_epoch(run, epoch)
         improved = "test_top1" in row and row["test_top1"] > run.best_acc
@@ -518,6 +569,8 @@ def train_epochs(run: Run, outputs: Outputs) -> dict | None:
         if improved:
             run.best_acc, run.best_epoch = row["test_top1"], epoch + 1
         row["best_top1"] = run.best_acc
+        if outputs is None:  # not rank 0: rank 0 writes the run folder
+            continue
         outputs.log(row, run.model)
         save_checkpoints(run, epoch + 1, improved)
 
@@ -532,19 +585,28 @@ def train_epochs(run: Run, outputs: Outputs) -> dict | None:
 
 def main(argv=None) -> int:
     cfg, ckpt = resolve_config(argv)
-    run = prepare_run(cfg, ckpt)
-    with claim_folder(run):
-        return train_in_folder(run)
+    world = distributed.start(pick_device(process_device(cfg["device"])))
+    try:
+        run = prepare_run(cfg, ckpt, world)
+        with claim_folder(run) if world.is_main else nullcontext():
+            return train_in_folder(run)
+    finally:
+        distributed.stop(world)
 
 
 def train_in_folder(run: Run) -> int:
-    cfg = run.cfg
+    """The epochs; only rank 0 writes the run folder and prints."""
+    cfg, world = run.cfg, run.world
+    if not world.is_main:
+        train_epochs(run, None)
+        return 0
     outputs = Outputs(run)
     n_params = sum(p.numel() for p in run.model.parameters())
+    processes = f", {world.size} processes (BNTT statistics {cfg['bntt_sync']})" if world.launched else ""
     tqdm.write(f"{cfg['arch']} on {cfg['dataset']} ({len(run.train_loader.dataset)} train / "
                f"{len(run.test_loader.dataset)} test images), "
                f"{'an ANN: no time steps' if cfg['arch'] in ANN_ARCHS else 'T=' + str(cfg['num_steps'])}, "
-               f"{n_params:,} parameters, {run.device}"
+               f"{n_params:,} parameters, {run.device}{processes}"
                f"{'' if cfg['arch'] in ANN_ARCHS else ', engine ' + run.engine}"
                f"{', bf16 autocast' if run.amp and run.device.type == 'cuda' else ''}"
                f"{f', resuming after epoch {run.start_epoch}' if run.start_epoch else ''}")

@@ -90,8 +90,10 @@ class ANNVGG(nn.Module):
                 x = getattr(self, pool)(x)
         return x.flatten(1)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalised images [B, C, H, W] -> logits [B, num_cls]; `generator` is ignored."""
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                shard=None) -> torch.Tensor:
+        """Normalised images [B, C, H, W] -> logits [B, num_cls]; `generator` and `shard` (of
+        the spiking networks' input coding) are ignored."""
         return self.fc2(self.relu(self.bn_fc(self.fc1(self.features(x)))))
 
     def extra_repr(self) -> str:

@@ -12,7 +12,8 @@ Each network holds one encoder, chosen by the dataset (docs/spec.md, section 6):
 - `FrameEncoder`: event-camera frames [B, T, ...] that are spikes already (CIFAR10-DVS);
 - `SequenceEncoder`: an image read as a sequence, row by row or pixel by pixel (Sequential
   MNIST), fed as input currents ("direct") or as spikes that fire with the pixel's intensity.
-An encoder maps a batch to the input train [T, B, ...] and holds no parameters.
+An encoder maps a batch to the input train [T, B, ...] and holds no parameters; `shard` says
+where the batch lies in a global batch split across processes (see `poisson_spikes`).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from bntt.paper import POISSON_RESCALE
 
 
 def poisson_spikes(x: torch.Tensor, num_steps: int, generator: torch.Generator | None = None,
-                   rescale: float = POISSON_RESCALE) -> torch.Tensor:
+                   rescale: float = POISSON_RESCALE, shard: tuple[int, int] | None = None,
+                   batch_dim: int = 0) -> torch.Tensor:
     """Signed spike train [num_steps, *x.shape] with values in {-1, 0, +1}, in x's dtype
     (docs/spec.md, Eq. 1).
 
@@ -30,10 +32,19 @@ def poisson_spikes(x: torch.Tensor, num_steps: int, generator: torch.Generator |
     else 0 (the authors' comparison, so |x| >= 2 always fires and x = 0 never does). Pass a
     `generator` (on x's device) to make the draws reproducible without touching the global RNG.
     `rescale` = 1 makes a value in [0, 1] fire with probability equal to it.
+
+    `shard` = (offset, total): x holds samples offset.. of a global batch of `total` along
+    `batch_dim`. The uniforms of the whole global batch are drawn and this share kept, so
+    every sample gets the spikes it would get in one process (bntt/seeding.py).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    u = torch.rand((num_steps, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+    shape = [num_steps, *x.shape]
+    if shard is not None:
+        shape[batch_dim + 1] = shard[1]
+    u = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
+    if shard is not None:
+        u = u.narrow(batch_dim + 1, shard[0], x.shape[batch_dim])
     fires = rescale * u <= x.abs()
     return torch.where(fires, x.sign(), torch.zeros((), dtype=x.dtype, device=x.device))
 
@@ -43,8 +54,8 @@ class PoissonEncoder:
 
     name = "poisson"
 
-    def __call__(self, x, num_steps, generator=None):
-        return poisson_spikes(x, num_steps, generator)
+    def __call__(self, x, num_steps, generator=None, shard=None):
+        return poisson_spikes(x, num_steps, generator, shard=shard)
 
 
 class FrameEncoder:
@@ -53,7 +64,7 @@ class FrameEncoder:
 
     name = "frames"
 
-    def __call__(self, x, num_steps, generator=None):
+    def __call__(self, x, num_steps, generator=None, shard=None):
         if x.shape[1] < num_steps:
             raise ValueError(f"{num_steps} steps need as many frames, got {x.shape[1]}")
         return x.transpose(0, 1)[:num_steps]
@@ -79,7 +90,7 @@ class SequenceEncoder:
     def features(self, width: int) -> int:
         return width if self.order == "rows" else 1
 
-    def __call__(self, x, num_steps, generator=None):
+    def __call__(self, x, num_steps, generator=None, shard=None):
         batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
         if self.order == "rows":
             seq = x.reshape(batch, height, width).transpose(0, 1)
@@ -87,7 +98,7 @@ class SequenceEncoder:
             seq = x.reshape(batch, height * width).transpose(0, 1).unsqueeze(-1)
         seq = seq[:num_steps]
         if self.coding == "poisson":
-            return poisson_spikes(seq, 1, generator, rescale=1.0)[0]
+            return poisson_spikes(seq, 1, generator, rescale=1.0, shard=shard, batch_dim=1)[0]
         return seq
 
 

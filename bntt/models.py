@@ -89,9 +89,10 @@ class SpikingNetwork(nn.Module):
     # -- forward -----------------------------------------------------------------------------
 
     def encode(self, inputs: torch.Tensor, generator: torch.Generator | None = None,
-               num_steps: int | None = None) -> torch.Tensor:
-        """A batch as the dataset serves it -> the input train [T, B, ...] (bntt/coding.py)."""
-        return self.encoder(inputs, num_steps or self.num_steps, generator)
+               num_steps: int | None = None, shard: tuple[int, int] | None = None) -> torch.Tensor:
+        """A batch as the dataset serves it -> the input train [T, B, ...] (bntt/coding.py);
+        `shard` = (offset, global batch) when the batch is one process's share."""
+        return self.encoder(inputs, num_steps or self.num_steps, generator, shard)
 
     def readout_currents(self, spikes: torch.Tensor) -> torch.Tensor:
         """Input train [t, B, ...] (t <= num_steps) -> readout current per step [t, B, classes]."""
@@ -105,9 +106,10 @@ class SpikingNetwork(nn.Module):
         # Accumulate in at least float32: under bf16 autocast the readout currents are bf16.
         return currents.to(membrane_dtype(currents.dtype)).sum(0) / spikes.shape[0]
 
-    def forward(self, inputs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, generator: torch.Generator | None = None,
+                shard: tuple[int, int] | None = None) -> torch.Tensor:
         """A batch (normalised images, for the paper's networks) -> logits [B, num_cls]."""
-        return self.forward_spikes(self.encode(inputs, generator))
+        return self.forward_spikes(self.encode(inputs, generator, shard=shard))
 
     def extra_repr(self) -> str:
         return (f"num_steps={self.num_steps}, leak_mem={self.leak_mem}, engine={self.engine!r}, "

@@ -341,9 +341,9 @@ def test_frame_dataset_augmentation_moves_every_step_alike():
     frames = frames_with_steps()
     data = FrameDataset(frames, torch.zeros(3, dtype=torch.int64), augment=True, shift=2,
                         counts=True, max_count=255)
-    torch.manual_seed(5)
     seen = set()
-    for _ in range(6):
+    for epoch in range(6):
+        data.draw_key = (5, epoch)
         batch = data.__getitems__([0, 1, 2])
         for i, (x, _) in enumerate(batch):
             assert x.shape == (4, 2, 16, 16)
@@ -357,13 +357,15 @@ def test_frame_dataset_augmentation_moves_every_step_alike():
     assert len(seen) > 3  # it does move
 
 
-def test_frame_dataset_augmentation_is_fixed_by_the_seed():
+def test_frame_dataset_augmentation_is_fixed_by_seed_epoch_and_sample():
     data = FrameDataset(frames_with_steps(), torch.zeros(3, dtype=torch.int64), augment=True)
     runs = []
-    for seed in (1, 1, 2):
-        torch.manual_seed(seed)
+    for key in ((1, 0), (1, 0), (2, 0), (1, 1)):
+        data.draw_key = key
         runs.append(torch.stack([x for x, _ in data.__getitems__([0, 1, 2, 0, 1, 2])]))
-    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2]) and not torch.equal(runs[0], runs[3])
+    assert torch.equal(runs[0][:3], runs[0][3:])  # a sample's draws do not depend on the batch
 
 
 def test_registry_split_is_the_last_tenth_and_train_py_runs_one_epoch(tmp_path):

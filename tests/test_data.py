@@ -64,8 +64,11 @@ def test_transforms_normalise_and_augment(tmp_path):
     raw = test_set.images[0].float() / 255
     torch.testing.assert_close(image, (raw - mean.view(3, 1, 1)) / std.view(3, 1, 1))
     # a training sample is a shifted/flipped crop of the zero-padded image
-    torch.manual_seed(3)
-    crops = torch.stack([train_set[0][0] for _ in range(20)])
+    crops = []
+    for epoch in range(20):  # the draws of an image change with the epoch
+        train_set.draw_key = (3, epoch)
+        crops.append(train_set[0][0])
+    crops = torch.stack(crops)
     padded_value = (0 - mean) / std
     allowed = torch.cat([((raw - mean.view(3, 1, 1)) / std.view(3, 1, 1)).flatten(1),
                          padded_value.view(3, 1)], dim=1)
@@ -75,48 +78,50 @@ def test_transforms_normalise_and_augment(tmp_path):
     assert not all(torch.equal(crops[0], crops[i]) for i in range(1, 20))
 
 
-class PerSample(torch.utils.data.Dataset):
-    def __init__(self, images, labels, transform):
-        self.images, self.labels, self.transform = images[:40], labels[:40], transform
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.transform(self.images[i]), self.labels[i]
-
-
 @pytest.mark.parametrize("channels", [1, 3])
-def test_batched_samples_equal_torchvision_pipeline(channels):
-    """Same random draws, same float32 numbers as torchvision's per-sample v2 recipe, for
-    single samples, batches through a DataLoader and a Subset (train_samples)."""
+def test_batched_samples_equal_torchvision_ops(channels):
+    """Given the crop offsets and flips drawn for each image (bntt.seeding), the same float32
+    numbers as torchvision's v2 pad, crop, flip, ToDtype and Normalize; a DataLoader with a
+    Subset (train_samples) and with worker processes serves the same samples."""
     from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as TF
+
+    from bntt.data.sampling import GlobalBatchSampler, set_epoch
+    from bntt.seeding import AUGMENT, crop_flip_draws
     mean, std = data.CIFAR_MEAN[:channels], data.CIFAR_STD[:channels]
     gen = torch.Generator().manual_seed(channels)
     images = torch.randint(0, 256, (64, channels, 32, 32), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 10, (64,), generator=gen)
-    to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    reference = {True: v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), *to_float]),
-                 False: v2.Compose(to_float)}
+    to_float = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    tops, lefts, flips = crop_flip_draws((7, 2, AUGMENT), range(64), 9)
     outputs = {}
     for augment in (True, False):
         dataset = data.ImageDataset(images, labels, mean, std, augment=augment)
-        torch.manual_seed(7)
-        expected = torch.stack([reference[augment](images[i]) for i in range(64)])
-        torch.manual_seed(7)
+        dataset.draw_key = (7, 2)
+        expected = []
+        for i in range(64):
+            image = images[i]
+            if augment:
+                image = TF.crop(TF.pad(image, [4]), int(tops[i]), int(lefts[i]), 32, 32)
+                image = TF.horizontal_flip(image) if flips[i] else image
+            expected.append(to_float(image))
+        expected = torch.stack(expected)
         assert torch.equal(torch.stack([dataset[i][0] for i in range(64)]), expected)
-        # through a DataLoader (which draws its workers' base seed first) against the
-        # per-sample torchvision dataset this class replaces
-        torch.manual_seed(7)
-        old = list(torch.utils.data.DataLoader(PerSample(images, labels, reference[augment]),
-                                               batch_size=16, shuffle=True))
-        torch.manual_seed(7)
         subset = torch.utils.data.Subset(dataset, range(40))
-        batches = list(torch.utils.data.DataLoader(subset, batch_size=16, shuffle=True))
-        assert [len(y) for _, y in batches] == [16, 16, 8]
-        for (x, y), (x_old, y_old) in zip(batches, old):
-            assert torch.equal(x, x_old) and torch.equal(y, y_old)
-        assert batches[0][0].dtype == torch.float32 and batches[0][1].dtype == torch.int64
+        served = []
+        for workers in (0, 2):
+            loader = torch.utils.data.DataLoader(
+                subset, num_workers=workers, batch_sampler=GlobalBatchSampler(40, 16, True, False, seed=7))
+            set_epoch(loader, 7, 2)
+            served.append(list(loader))
+        assert [len(y) for _, y in served[0]] == [16, 16, 8]
+        for (x, y), (x_w, y_w) in zip(*served):
+            assert torch.equal(x, x_w) and torch.equal(y, y_w)
+        sampler = GlobalBatchSampler(40, 16, True, False, seed=7)
+        sampler.set_epoch(2)
+        order = [i for batch in sampler for i in batch]
+        assert torch.equal(torch.cat([x for x, _ in served[0]]), expected[order])
+        assert served[0][0][0].dtype == torch.float32 and served[0][0][1].dtype == torch.int64
         outputs[augment] = expected
     # the augmentation did move pixels: most crops are shifted or flipped
     moved = (outputs[True] != outputs[False]).flatten(1).any(dim=1)

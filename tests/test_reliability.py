@@ -117,10 +117,13 @@ def test_divergence_keeps_the_last_good_checkpoint_byte_identical(one_epoch_of_t
 
 # -- 3-5. resume keeps its promises -----------------------------------------------------------
 
-def test_resume_refuses_another_worker_count_and_a_config_file_that_changes_the_run(
+def test_resume_takes_another_worker_count_and_refuses_a_config_file_that_changes_the_run(
         one_epoch_of_two, tmp_path, capsys):
-    code, err = cli_error(capsys, train.cli, ["--resume", str(one_epoch_of_two), "--num_workers", "1"])
-    assert code == 2 and "cannot change num_workers when resuming" in err
+    # the batches follow from (seed, epoch), not from the workers (tests/test_data.py)
+    cfg, _ = train.resolve_config(["--resume", str(one_epoch_of_two), "--num_workers", "2"])
+    assert cfg["num_workers"] == 2
+    code, err = cli_error(capsys, train.cli, ["--resume", str(one_epoch_of_two), "--bntt_sync", "local"])
+    assert code == 2 and "cannot change bntt_sync when resuming" in err
     other = tmp_path / "other.toml"
     other.write_text("lr = 0.5\n")
     code, err = cli_error(capsys, train.cli, ["--resume", str(one_epoch_of_two), "--config", str(other)])

@@ -410,14 +410,16 @@ class ImageDataset(Dataset):
     """uint8 images [N, C, H, W] and int64 labels [N], served as normalised float32 images.
 
     With `augment`, each sample is first a random HxW crop of the image zero-padded by
-    `padding` pixels, flipped left-right with probability 1/2 (the paper's CIFAR recipe).
-    The numbers, and the random draws that choose them, are those of torchvision's
-    v2.RandomCrop(padding=4), RandomHorizontalFlip, ToDtype(scale=True) and Normalize
-    (tests/test_data.py checks equality), but samples are made a batch at a time through
-    `__getitems__`, which DataLoader calls: the padding is done once for the whole set and the
-    float conversion once per batch: one loader process makes ~13,000 augmented CIFAR images/s
-    instead of ~2,000 (this repo's 2-core CPU), so a few workers keep up with the fused engine.
+    `padding` pixels, flipped left-right with probability 1/2 (the paper's CIFAR recipe). The
+    crop offsets and the flip of image i are drawn from (seed, epoch, i) alone
+    (`bntt.seeding.crop_flip_draws`, with `draw_key` = (seed, epoch) set by
+    `bntt.data.sampling.set_epoch`), so they do not depend on which process or loader worker
+    makes the sample. Samples are made a batch at a time through `__getitems__`, which
+    DataLoader calls: the padding is done once for the whole set and the float conversion once
+    per batch, so one loader process makes ~13,000 augmented CIFAR images/s (docs/speed.md).
     """
+
+    draw_key = (0, 0)
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, augment: bool,
                  padding: int = 4):
@@ -429,19 +431,11 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _random_crop_flip(self, i: int) -> torch.Tensor:
-        # torchvision's order of draws: top, left, then the flip's uniform number.
-        span = 2 * self.padding + 1
-        top = int(torch.randint(0, span, size=()))
-        left = int(torch.randint(0, span, size=()))
-        height, width = self.images.shape[-2:]
-        crop = self._padded[i, :, top:top + height, left:left + width]
-        return crop.flip(-1) if torch.rand(1).item() < 0.5 else crop
-
     def __getitems__(self, indices):
         indices = [int(i) for i in indices]
         if self.augment:
-            batch = torch.stack([self._random_crop_flip(i) for i in indices])
+            batch = crop_and_flip(self._padded, indices, self.images.shape[-2:],
+                                  2 * self.padding + 1, self.draw_key)
         else:
             batch = self.images[indices]
         batch = batch.to(torch.float32).mul_(1.0 / 255).sub_(self.mean).div_(self.std)
@@ -449,6 +443,22 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i):
         return self.__getitems__([i])[0]
+
+
+def crop_and_flip(padded, indices, size, span: int, draw_key, pad=None) -> torch.Tensor:
+    """The random crops of size (H, W) of padded[i] for i in indices, each mirrored or not,
+    stacked: offsets and flips from (draw_key, i) (bntt.seeding). `pad`, if given, pads each
+    sample first (for sets too large to pad whole)."""
+    from bntt.seeding import AUGMENT, crop_flip_draws
+
+    height, width = size
+    tops, lefts, flips = crop_flip_draws((*draw_key, AUGMENT), indices, span)
+    crops = []
+    for i, top, left, flip in zip(indices, tops.tolist(), lefts.tolist(), flips.tolist()):
+        sample = padded[i] if pad is None else pad(padded[i])
+        crop = sample[..., top:top + height, left:left + width]
+        crops.append(crop.flip(-1) if flip else crop)
+    return torch.stack(crops)
 
 
 def make_datasets(name: str, data_dir, download: bool = False, num_steps: int | None = None):
@@ -464,17 +474,26 @@ def make_datasets(name: str, data_dir, download: bool = False, num_steps: int | 
 
 
 def make_loaders(train_set, test_set, batch_size: int, test_batch_size: int, num_workers: int = 0,
-                 drop_last_test: bool = False, pin_memory: bool = False):
-    """Training batches are shuffled and the last partial one dropped (every BNTT step sees a
-    full batch, as in the authors' code). The test set is scored whole unless drop_last_test
-    reproduces the authors' truncation. Shuffling and augmentation draw from the global RNG
-    (workers are seeded from it each epoch), so restoring that RNG reproduces an epoch exactly."""
-    train = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
-                       num_workers=num_workers, pin_memory=pin_memory)
-    return train, make_test_loader(test_set, test_batch_size, num_workers, drop_last_test, pin_memory)
+                 drop_last_test: bool = False, pin_memory: bool = False, seed: int = 0,
+                 rank: int = 0, world: int = 1):
+    """(train loader, test loader) of process `rank` of `world`; the batch sizes are global
+    (bntt/data/sampling.py). Training batches are shuffled by (seed, epoch) and the last
+    partial one dropped (every BNTT step sees a full batch, as in the authors' code). The test
+    set is scored whole unless drop_last_test reproduces the authors' truncation. Call
+    `bntt.data.sampling.set_epoch` before each epoch."""
+    from bntt.data.sampling import GlobalBatchSampler
+
+    train = DataLoader(train_set, num_workers=num_workers, pin_memory=pin_memory,
+                       batch_sampler=GlobalBatchSampler(len(train_set), batch_size, True, True,
+                                                        rank, world, seed))
+    return train, make_test_loader(test_set, test_batch_size, num_workers, drop_last_test,
+                                   pin_memory, rank, world)
 
 
 def make_test_loader(test_set, batch_size: int, num_workers: int = 0, drop_last: bool = False,
-                     pin_memory: bool = False):
-    return DataLoader(test_set, batch_size=batch_size, shuffle=False, drop_last=drop_last,
-                      num_workers=num_workers, pin_memory=pin_memory)
+                     pin_memory: bool = False, rank: int = 0, world: int = 1):
+    from bntt.data.sampling import GlobalBatchSampler
+
+    return DataLoader(test_set, num_workers=num_workers, pin_memory=pin_memory,
+                      batch_sampler=GlobalBatchSampler(len(test_set), batch_size, False, drop_last,
+                                                       rank, world))

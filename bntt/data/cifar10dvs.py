@@ -69,7 +69,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from bntt.checkpoint import write_atomic
-from bntt.data import DataUnavailable, _first_line
+from bntt.data import DataUnavailable, _first_line, crop_and_flip
 
 CIFAR10_DVS_FOLDER = "CIFAR10-DVS"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -393,10 +393,11 @@ class FrameDataset(Dataset):
     counts=True the event counts clipped at max_count. With augment=True each sample is mirrored
     left-right with probability 1/2 and translated by up to `shift` pixels in x and y with zero
     fill; the shift and the flip are the same for every step of the sample, so the recording
-    moves as a whole. Samples are made a batch at a time through `__getitems__`, drawing from
-    torch's global RNG as ImageDataset does (per sample: top, left, then the flip), so a seed
-    fixes the augmentation.
+    moves as a whole. They are drawn from (seed, epoch, sample) as ImageDataset's crops are
+    (`draw_key`). Samples are made a batch at a time through `__getitems__`.
     """
+
+    draw_key = (0, 0)
 
     def __init__(self, frames, labels, augment: bool = False, shift: int = 4,
                  counts: bool = False, max_count: int = 4):
@@ -415,20 +416,12 @@ class FrameDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _shift_flip(self, i: int) -> torch.Tensor:
-        s = self.shift
-        span = 2 * s + 1
-        top = int(torch.randint(0, span, size=()))
-        left = int(torch.randint(0, span, size=()))
-        height, width = self.frames.shape[-2:]
-        padded = torch.nn.functional.pad(self.frames[i], (s, s, s, s))
-        moved = padded[..., top:top + height, left:left + width]
-        return moved.flip(-1) if torch.rand(1).item() < 0.5 else moved
-
     def __getitems__(self, indices):
         indices = [int(i) for i in indices]
         if self.augment:
-            batch = torch.stack([self._shift_flip(i) for i in indices])
+            s = self.shift
+            batch = crop_and_flip(self.frames, indices, self.frames.shape[-2:], 2 * s + 1,
+                                  self.draw_key, pad=lambda x: torch.nn.functional.pad(x, (s,) * 4))
         else:
             batch = self.frames[indices]
         if self.counts:
