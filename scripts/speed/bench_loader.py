@@ -1,5 +1,6 @@
 """Images/s that one data-loading process makes with the paper's augmentation: bntt's batched
-ImageDataset against torchvision's per-sample v2 pipeline that it reproduces.
+ImageDataset (draws named by seed, epoch and image) against torchvision's per-sample v2
+pipeline of the same distribution.
 
     python scripts/speed/bench_loader.py              # CIFAR-shaped uint8 images, batch 256
     python scripts/speed/bench_loader.py --channels 1 # Fashion-MNIST-shaped
