@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from contextlib import nullcontext
 
@@ -77,6 +78,8 @@ def autocast(device: torch.device, enabled: bool):
 def run_cli(main, prog: str, argv=None) -> int:
     """Run main(argv); known failures become `prog: error: ...` on stderr and an exit code
     (2 for bad input or missing data, 1 for a diverged run, 130 for Ctrl-C)."""
+    if os.environ.get("RANK", "0") != "0" and os.environ.get("WORLD_SIZE", "1") != "1":
+        prog = f"{prog} (rank {os.environ['RANK']})"  # under torchrun: which process says it
     try:
         return main(argv)
     except (UsageError, CheckpointError, DataUnavailable) as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -77,10 +78,30 @@ def start(device: torch.device) -> World:
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _init_process_group("nccl" if device.type == "cuda" else "gloo")
     # BNTT's exchanges get a group of their own, apart from DDP's gradient buckets
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]),
                  launched=True, group=dist.new_group())
+
+
+def _init_process_group(backend: str) -> None:
+    env = os.environ
+    shared_store = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if shared_store and restart_count() and env.get("GROUP_WORLD_SIZE") == "1":
+        # torchrun keeps its store across restarts, where the processes of the failed attempt
+        # left their addresses: a new process could read one and fail to connect (PyTorch
+        # issue 135712). One machine has one restart count, so it names fresh keys.
+        store = dist.PrefixStore(f"bntt/restart-{restart_count()}",
+                                 dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]),
+                                               int(env["WORLD_SIZE"]), is_master=False))
+        dist.init_process_group(backend, store=store, rank=int(env["RANK"]),
+                                world_size=int(env["WORLD_SIZE"]))
+        return
+    if shared_store and int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) and env.get("RANK") == "0":
+        print("warning: torchrun restarts on several machines share one store; launch with "
+              "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 so that a restarted job connects reliably",
+              file=sys.stderr)
+    dist.init_process_group(backend)
 
 
 def stop(world: World) -> None:

@@ -8,7 +8,7 @@ import torch
 from model import build_model
 
 
-def _interpreter_broken() -> bool:
+def triton_interpreter_broken() -> bool:
     """Triton's interpreter before 3.7 turns loop bounds into Python ints with int(array), which
     NumPy 2.4 made an error (seen with torch 2.11, Triton 3.6, NumPy 2.4.6). The compiled kernels
     are not affected (test_kernels_compile_for_hopper); NumPy < 2.4 or Triton >= 3.7 run these."""
@@ -23,7 +23,7 @@ def _interpreter_broken() -> bool:
 
 
 needs_triton_interpreter = pytest.mark.skipif(
-    _interpreter_broken(), reason="this Triton's interpreter fails under NumPy >= 2.4 "
+    triton_interpreter_broken(), reason="this Triton's interpreter fails under NumPy >= 2.4 "
                                   "(fixed in Triton 3.7); see tests/helpers.py")
 
 
