@@ -122,7 +122,10 @@ def prepare_model(model: nn.Module, world: World, sync: str) -> nn.Module:
             if isinstance(layer, BNTT):
                 layer.sync_group = world.group
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model, world.group)  # the ANN twin
+            if model_device(model).type != "cuda":  # the ANN twin: torch's SyncBatchNorm
+                raise ValueError("the ANN's BatchNorm layers synchronise across processes on "
+                                 "GPUs only: on CPUs train it with --bntt_sync local")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model, world.group)
     device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
     # Statistics kept per process differ: DDP then copies rank 0's buffers at every forward.
     # (torch >= 2.14 names that option forward_sync_buffers; older ones broadcast_buffers.)

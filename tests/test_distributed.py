@@ -236,3 +236,15 @@ def test_batch_that_does_not_divide_among_processes_is_refused(tmp_path):
     assert job.returncode != 0
     assert "batch_size 15 is the global batch and must divide among the 2 processes" in output
     assert not (tmp_path / "quickstart").exists()
+
+
+@pytest.mark.parametrize("arch,norm,message", [
+    ("vgg9", "bn", "--norm bn shares one set of statistics by all steps"),
+    ("vgg9", "tdbn", "--norm tdbn shares one set of statistics by all steps"),
+    ("vgg9_ann", "bntt", "the ANN's BatchNorm layers synchronise across processes on GPUs only")])
+def test_statistics_that_cannot_be_synchronised_are_refused(arch, norm, message):
+    from bntt import distributed
+    from bntt.models import build_for_dataset
+    model = build_for_dataset(arch, "fashionmnist_subset", 2, 0.95, "multistep", norm=norm)
+    with pytest.raises(ValueError, match=message):
+        distributed.prepare_model(model, distributed.World(size=2, launched=True), "global")
