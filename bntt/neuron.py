@@ -7,8 +7,10 @@ For one layer at step t, with z_t the BNTT output (docs/spec.md, Eq. 5-8):
     (7) u_t = v_t - threshold * sg(s_t)            soft reset; sg: no gradient through the reset
     (8) ds_t/dv_t := 0.3 * max(0, 1 - |v_t/threshold - 1|) / threshold    backward only
 
-This is the only neuron in the project: every spiking layer of every model and both engines
-call `lif_step` (the fused CUDA kernel in `bntt.fused` is checked against it).
+This is the only neuron in the project. Each equation is one function here (`integrate`,
+`fire`, `reset`, `surrogate_grad`); `lif_step` advances one step with autograd (the reference
+and multistep engines), `lif_scan` runs all steps as one autograd node with the same functions
+(the cpu engine), and the fused CUDA kernel in `bntt.fused` is checked against them.
 """
 from __future__ import annotations
 
@@ -18,16 +20,27 @@ import torch.nn as nn
 from bntt.paper import SURROGATE_SCALE, THRESHOLD
 
 
-def surrogate_grad(v: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
+def surrogate_grad(v: torch.Tensor, threshold: float = THRESHOLD,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """ds/dv of the triangular surrogate at membrane potential v (docs/spec.md, Eq. 8):
 
         ds/dv = 0.3 * max(0, 1 - |v/threshold - 1|) / threshold
 
-    a triangle peaking at v = threshold, zero outside (0, 2 * threshold).
+    a triangle peaking at v = threshold, zero outside (0, 2 * threshold). Written into `out`
+    (which may be v itself) when given.
     """
-    # Same operation order as the authors' code (scale, then the triangle, then the 1/threshold
-    # of the chain rule through v/threshold), so float32 gradients agree to the last bit.
-    return SURROGATE_SCALE * torch.relu(1.0 - (v / threshold - 1.0).abs()) / threshold
+    # Same operations in the same order as the authors' code (scale, then the triangle, then
+    # the 1/threshold of the chain rule through v/threshold), so float32 gradients agree to the
+    # last bit. In place on one tensor: 1 - a is -a + 1 in IEEE arithmetic, and a division by
+    # a threshold of 1 is exact, so it is skipped.
+    if threshold != 1.0:
+        g = torch.div(v, threshold, out=out)
+    elif out is None:
+        g = v.clone()
+    else:
+        g = out if out is v else out.copy_(v)
+    g.sub_(1.0).abs_().neg_().add_(1.0).relu_().mul_(SURROGATE_SCALE)
+    return g.div_(threshold) if threshold != 1.0 else g
 
 
 class SurrogateSpike(torch.autograd.Function):
@@ -37,7 +50,7 @@ class SurrogateSpike(torch.autograd.Function):
     def forward(ctx, v: torch.Tensor, threshold: float) -> torch.Tensor:
         ctx.save_for_backward(v)
         ctx.threshold = threshold
-        return (v > threshold).to(v.dtype)
+        return fire(v, threshold).to(v.dtype)
 
     @staticmethod
     def backward(ctx, grad_spike: torch.Tensor):
@@ -58,6 +71,25 @@ def membrane_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def integrate(u: torch.Tensor, z: torch.Tensor, leak: float, out: torch.Tensor | None = None):
+    """Eq. 5: v = leak * u + z, into `out` when given (the scan writes into its buffers)."""
+    return torch.mul(u, leak, out=out).add_(z)
+
+
+def fire(v: torch.Tensor, threshold: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 6: s = 1 where v > threshold (strictly), else 0; bool, or `out`'s dtype."""
+    return torch.gt(v, threshold, out=out)
+
+
+def reset(v: torch.Tensor, s: torch.Tensor, threshold: float, out: torch.Tensor | None = None):
+    """Eq. 7: u = v - threshold * s for spikes s of 0s and 1s.
+
+    One fused subtraction: threshold * s is exactly 0 or threshold, so this is v - threshold*s
+    to the bit, in v's dtype.
+    """
+    return torch.sub(v, s, alpha=threshold, out=out)
+
+
 def lif_step(z: torch.Tensor, u: torch.Tensor | None, leak: float, threshold: float = THRESHOLD):
     """One time step of the LIF neuron. Returns (spikes in z's dtype, new membrane potential).
 
@@ -65,10 +97,94 @@ def lif_step(z: torch.Tensor, u: torch.Tensor | None, leak: float, threshold: fl
     """
     if u is None:
         u = torch.zeros(z.shape, dtype=membrane_dtype(z.dtype), device=z.device)
-    v = leak * u + z
+    v = integrate(u, z, leak)
     s = spike_fn(v, threshold)
-    u = v - threshold * s.detach()
+    u = reset(v, s.detach(), threshold)
     return s.to(z.dtype), u
+
+
+class LIFScan(torch.autograd.Function):
+    """Eq. 5-8 over all steps as one autograd node (see `lif_scan`)."""
+
+    @staticmethod
+    def forward(ctx, z, leak, threshold, memory_format, split):
+        ctx.set_materialize_grads(False)
+        keep = ctx.needs_input_grad[0]
+        dtype = membrane_dtype(z.dtype)
+        outputs, steps = _spike_buffers(z, memory_format, split)
+        # v of every step is kept for the backward (Eq. 8 needs it), laid out as z; without a
+        # backward one buffer serves all steps. u: one buffer each step reads, then rewrites.
+        v = torch.empty_like(z, dtype=dtype) if keep else torch.empty_like(z[0], dtype=dtype)
+        u = torch.empty_like(steps[0], dtype=dtype)
+        for t, s_t in enumerate(steps):
+            v_t = v[t] if keep else v
+            if t == 0:  # from rest: v = leak * 0 + z = z
+                v_t.copy_(z[0])
+            else:
+                integrate(u, z[t], leak, out=v_t)
+            fire(v_t, threshold, out=s_t)
+            reset(v_t, s_t, threshold, out=u)
+        ctx.leak, ctx.threshold, ctx.split, ctx.dtype = leak, threshold, split, z.dtype
+        if keep:
+            ctx.save_for_backward(v)
+        return outputs if split else outputs[0]
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        (v,) = ctx.saved_tensors
+        grad_steps = _step_views(grad_outputs, v.shape[0], ctx.split)
+        grad_z = torch.empty_like(v)
+        # The reverse scan, a step at a time so that each step's tensors stay in cache:
+        # d loss / d v_t through the spike (Eq. 8), plus leak times d loss / d v_t+1 through the
+        # membrane it leaves (u_t = v_t - theta * s_t with s_t detached, Eq. 7, and
+        # v_t+1 = leak * u_t + z_t+1, Eq. 5); d v_t / d z_t = 1.
+        for t in range(v.shape[0] - 1, -1, -1):
+            g = surrogate_grad(v[t], ctx.threshold, out=grad_z[t])
+            if grad_steps[t] is None:
+                g.zero_()
+            else:
+                g.mul_(grad_steps[t])
+            if t + 1 < v.shape[0]:
+                g.add_(grad_z[t + 1], alpha=ctx.leak)
+        return grad_z.to(ctx.dtype), None, None, None, None
+
+
+def _spike_buffers(z: torch.Tensor, memory_format, split):
+    """The spike outputs for z [T, B, ...], and a view of each step in them: one tensor laid
+    out as z, or (split=k) [k * B, ...] stacks of k steps in memory_format."""
+    if not split:
+        out = torch.empty_like(z)
+        return (out,), out.unbind(0)
+    steps, batch = z.shape[:2]
+    outputs = tuple(
+        torch.empty((min(split, steps - first) * batch,) + tuple(z.shape[2:]), dtype=z.dtype,
+                    device=z.device, memory_format=memory_format or torch.contiguous_format)
+        for first in range(0, steps, split))
+    return outputs, _step_views(outputs, steps, split)
+
+
+def _step_views(outputs, steps: int, split):
+    """Step t of the outputs of `_spike_buffers` (None where an output has no gradient)."""
+    if not split:
+        return outputs[0].unbind(0) if outputs[0] is not None else (None,) * steps
+    views = []
+    for out in outputs:
+        n = min(split, steps - len(views))
+        views.extend(out.unflatten(0, (n, -1)).unbind(0) if out is not None else (None,) * n)
+    return views
+
+
+def lif_scan(z: torch.Tensor, leak: float, threshold: float = THRESHOLD, memory_format=None,
+             split: int | None = None):
+    """The spike train of LIF neurons at rest driven by z [T, B, ...], in z's dtype: what T
+    calls of `lif_step` return, as one autograd node instead of about six per step, keeping
+    only the membrane potentials v_t for its backward (the reverse scan of Eq. 5-8).
+
+    The spikes come laid out as z ([T, B, ...]), or, with split=k, as a tuple of
+    [k * B, ...] stacks of k consecutive steps (the last one may hold fewer) in
+    `memory_format`: what a convolution run k steps at a time is fed.
+    """
+    return LIFScan.apply(z, float(leak), float(threshold), memory_format, split)
 
 
 class LIFNeuron(nn.Module):
