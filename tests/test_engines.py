@@ -1,6 +1,7 @@
 """The multi-step engines compute what the per-step reference engine computes, given the same
 input spike train: logits, every parameter gradient and the BNTT running statistics. Without
-a GPU the fused engine's Triton kernels run in the Triton interpreter (tests/conftest.py)."""
+a GPU the fused engine's Triton kernels run in the Triton interpreter (tests/conftest.py). The
+cpu engine's chunks, norms and fallback: tests/test_cpu_engine.py."""
 import copy
 
 import pytest
@@ -31,7 +32,8 @@ def run(model, spikes, weights):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("steps", [1, 4, 7])
 @pytest.mark.parametrize("arch", ["vgg9", "vgg11"])
-@pytest.mark.parametrize("engine", ["multistep", pytest.param("fused", marks=needs_triton_interpreter)])
+@pytest.mark.parametrize("engine", ["multistep", "cpu",
+                                    pytest.param("fused", marks=needs_triton_interpreter)])
 def test_engine_equals_reference(engine, arch, steps, training, dtype):
     reference = small_model(arch, steps, dtype, engine="reference").train(training)
     multistep = copy.deepcopy(reference)

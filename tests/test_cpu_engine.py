@@ -1,0 +1,181 @@
+"""The cpu engine (bntt/engines.py) and the LIF scan it runs (bntt/neuron.py): against the
+per-step reference engine and lif_step, in float64 to 1e-10, for VGG9, VGG11, the FC network,
+every normalisation, convolutions split into several chunks of steps, and the fallback to the
+reference loop past STACK_BYTES."""
+import copy
+
+import pytest
+import torch
+
+from bntt import engines
+from bntt.coding import poisson_spikes
+from bntt.neuron import lif_scan, lif_step, surrogate_grad
+from bntt.paper import SURROGATE_SCALE
+from helpers import small_model
+from test_engines import assert_close_relative, run
+from test_norms import small as small_with_norm
+from test_sequential import small_fc
+
+
+def assert_same_run(fast, reference, spikes, weights, rel=1e-10):
+    """Logits, every parameter gradient and every buffer (BNTT running statistics and step
+    counts) of `fast` equal those of `reference` after one forward and backward."""
+    out_ref, out = run(reference, spikes, weights), run(fast, spikes, weights)
+    assert out_ref.abs().max() > 0.05  # spikes reach the readout
+    assert_close_relative(out, out_ref, rel, "logits")
+    for (name, p_ref), (_, p) in zip(reference.named_parameters(), fast.named_parameters()):
+        assert p_ref.grad.abs().max() > 0, name
+        assert_close_relative(p.grad, p_ref.grad, rel, f"grad of {name}")
+    for (name, b_ref), (_, b) in zip(reference.named_buffers(), fast.named_buffers()):
+        if b_ref.is_floating_point():
+            assert_close_relative(b, b_ref, rel, name)
+        else:
+            assert torch.equal(b, b_ref), name
+
+
+def pair(model, engine="cpu"):
+    fast = copy.deepcopy(model)
+    fast.engine = engine
+    model.engine = "reference"
+    return fast, model
+
+
+def image_spikes(steps, dtype=torch.float64, seed=0, batch=4, size=16):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, size, size, dtype=dtype, generator=g) * 1.5
+    return poisson_spikes(images, steps, generator=g), torch.randn(batch, 10, dtype=dtype, generator=g)
+
+
+# steps per convolution call: 5 steps of batch 4 in chunks of 2, 2, 1; of 5; of 1 each
+@pytest.mark.parametrize("chunk_images", [8, 20, 4], ids=["chunks-2-2-1", "one-chunk", "per-step"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_vgg9_equals_reference_in_float64(chunk_images, training, monkeypatch):
+    monkeypatch.setattr(engines, "CHUNK_IMAGES", chunk_images)
+    fast, reference = pair(small_model("vgg9", 5, torch.float64).train(training))
+    spikes, weights = image_spikes(5)
+    assert_same_run(fast, reference, spikes, weights)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_vgg11_equals_reference(dtype, monkeypatch):
+    monkeypatch.setattr(engines, "CHUNK_IMAGES", 12)  # 3 steps of batch 4 per call: 3 + 1
+    fast, reference = pair(small_model("vgg11", 4, dtype).train())
+    spikes, weights = image_spikes(4, dtype, seed=1)
+    assert_same_run(fast, reference, spikes, weights, {torch.float64: 1e-10, torch.float32: 1e-5}[dtype])
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_fc_network_equals_reference_in_float64(training):
+    fast, reference = pair(small_fc().train(training))
+    g = torch.Generator().manual_seed(2)
+    spikes = (torch.rand(6, 3, 5, generator=g, dtype=torch.float64) * 2.5)  # direct coding: currents
+    assert_same_run(fast, reference, spikes, torch.randn(3, 4, dtype=torch.float64, generator=g))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("norm", ["bn", "tdbn", "none"])
+def test_each_norm_equals_the_other_engines_in_float64(norm, training):
+    model = small_with_norm(norm).train(training)
+    # tdBN trains on all steps at once, which the reference loop cannot: multistep is its
+    # reference in training (tests/test_norms.py checks it against tdBN's equations)
+    fast, reference = pair(model)
+    if norm == "tdbn" and training:
+        reference.engine = "multistep"
+    g = torch.Generator().manual_seed(5)
+    spikes = torch.sign(torch.randn(3, 4, 3, 16, 16, dtype=torch.float64, generator=g)) * (
+        torch.rand(3, 4, 3, 16, 16, dtype=torch.float64, generator=g) < 0.5)
+    assert_same_run(fast, reference, spikes, torch.randn(4, 10, dtype=torch.float64, generator=g))
+
+
+def test_large_stacks_run_the_reference_loop(monkeypatch):
+    calls = []
+    real = engines.run_reference
+    monkeypatch.setattr(engines, "run_reference", lambda *a: calls.append(1) or real(*a))
+    fast, reference = pair(small_model("vgg9", 3, torch.float64).train())
+    spikes, weights = image_spikes(3, seed=3)
+    # the largest stack here: 3 steps x 4 images x 64 channels x 16 x 16 in float64
+    assert engines.stack_bytes(fast, spikes) == 3 * 4 * 64 * 16 * 16 * 8
+    monkeypatch.setattr(engines, "STACK_BYTES", 3 * 4 * 64 * 16 * 16 * 8 - 1)
+    out_ref = run(reference, spikes, weights)  # the reference engine itself: one call
+    out = run(fast, spikes, weights)
+    assert len(calls) == 2 and torch.equal(out, out_ref)
+
+
+def test_tdbn_trains_on_the_whole_stack_even_past_the_limit(monkeypatch):
+    monkeypatch.setattr(engines, "STACK_BYTES", 0)
+    model = small_with_norm("tdbn").train()
+    fast, reference = pair(model)
+    reference.engine = "multistep"
+    spikes = torch.sign(torch.randn(3, 4, 3, 16, 16, dtype=torch.float64))
+    assert_same_run(fast, reference, spikes, torch.ones(4, 10, dtype=torch.float64))
+
+
+def test_auto_is_the_cpu_engine_on_a_cpu():
+    probe = torch.empty(0)
+    assert engines.resolve("auto", probe, 25) == "cpu"
+    model = small_model("vgg9", 2, torch.float32, engine="auto").set_engine("auto")
+    assert engines.resolve(model.engine, next(model.parameters()), 2) == "cpu"
+
+
+# -- the scan ----------------------------------------------------------------------------------
+
+
+def steps_loop(z, leak, threshold):
+    u, spikes = None, []
+    for z_t in z.unbind(0):
+        s, u = lif_step(z_t, u, leak, threshold)
+        spikes.append(s)
+    return torch.stack(spikes)
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.7])
+def test_scan_is_lif_step_over_time_forward_and_backward(threshold):
+    g = torch.Generator().manual_seed(7)
+    z = (torch.randn(9, 3, 4, 5, 6, dtype=torch.float64, generator=g) * 0.8 + 0.4)
+    weights = torch.randn(z.shape, dtype=torch.float64, generator=g)
+    grads = []
+    for scan in (lambda z: steps_loop(z, 0.9, threshold), lambda z: lif_scan(z, 0.9, threshold)):
+        z_in = z.clone().requires_grad_()
+        s = scan(z_in)
+        (s * weights).sum().backward()
+        grads.append((s.detach(), z_in.grad))
+    (s_ref, g_ref), (s, g_scan) = grads
+    assert 0.1 < s_ref.mean() < 0.6 and torch.equal(s, s_ref)
+    assert g_ref.abs().max() > 0.1
+    assert_close_relative(g_scan, g_ref, 1e-12, "dL/dz")
+
+
+def test_scan_in_chunks_of_channels_last_steps():
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(5, 2, 3, 4, 4, dtype=torch.float64, generator=g) + 0.5
+    weights = torch.randn(z.shape, dtype=torch.float64, generator=g)
+    z_in = z.clone().requires_grad_()
+    chunks = lif_scan(z_in, 0.8, 1.0, torch.channels_last, 2)
+    assert [c.shape for c in chunks] == [(4, 3, 4, 4), (4, 3, 4, 4), (2, 3, 4, 4)]
+    assert all(c.is_contiguous(memory_format=torch.channels_last) for c in chunks)
+    s = torch.cat(chunks).unflatten(0, (5, 2))
+    (s * weights).sum().backward()
+    z_ref = z.clone().requires_grad_()
+    s_ref = steps_loop(z_ref, 0.8, 1.0)
+    (s_ref * weights).sum().backward()
+    assert torch.equal(s, s_ref.detach())
+    assert_close_relative(z_in.grad, z_ref.grad, 1e-12, "dL/dz")
+
+
+def test_scan_keeps_a_float32_membrane_under_bf16():
+    z = (torch.randn(6, 4, 8) * 0.7 + 0.5).to(torch.bfloat16)
+    s = lif_scan(z, 0.95)
+    assert s.dtype == torch.bfloat16 and torch.equal(s, steps_loop(z, 0.95, 1.0))
+    with torch.no_grad():  # without a backward nothing is kept, the spikes are the same
+        assert torch.equal(lif_scan(z, 0.95), s)
+
+
+@pytest.mark.parametrize("threshold", [1.0, 2.0])
+def test_surrogate_in_place_is_the_formula_to_the_bit(threshold):
+    v = torch.randn(1000, generator=torch.Generator().manual_seed(4)) * 2 * threshold
+    expected = SURROGATE_SCALE * torch.relu(1.0 - (v / threshold - 1.0).abs()) / threshold
+    assert (expected > 0).sum() > 100
+    assert torch.equal(surrogate_grad(v, threshold), expected)
+    assert torch.equal(surrogate_grad(v, threshold, out=torch.empty_like(v)), expected)
+    w = v.clone()
+    assert torch.equal(surrogate_grad(w, threshold, out=w), expected) and torch.equal(w, expected)
