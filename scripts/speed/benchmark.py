@@ -3,11 +3,18 @@
     python scripts/speed/benchmark.py                       # GPU: VGG9 T=25 b256, VGG11 T=30 b128
     python scripts/speed/benchmark.py --device cpu --quick  # CPU: tiny sizes, to see it run
     python scripts/speed/benchmark.py --engines fused --amp --json bench.json
+    python scripts/speed/benchmark.py --device cpu --setting vgg9:25:32 --setting vgg9:4:16 \
+        --warmup 1 --iters 3                                # CPU: the settings of docs/speed.md
 
 Training img/s is one full step (Poisson coding, forward, backward, SGD update) on
 CIFAR-shaped random images; evaluation img/s is a no-grad forward in eval mode. After warm-up
 steps, each step is timed on its own (CUDA events on a GPU) and the median is reported. Peak
 memory is torch.cuda.max_memory_allocated over the training steps.
+
+On a CPU the engines of one setting take their steps in turn (reference, multistep, cpu, then
+multistep, cpu, reference, ...), so that a load that comes and goes on a shared machine falls
+on all of them alike, and each engine is also given as a ratio to the reference engine of the
+same run.
 """
 import argparse
 import json
@@ -23,6 +30,7 @@ from bntt import engines, fused
 from bntt.paper import PAPER_RUNS
 
 SETTINGS = {arch: (arch, run.num_steps, run.batch_size) for arch, run in PAPER_RUNS.items()}
+CPU_ENGINES = ["reference", "multistep", "cpu"]
 QUICK = {"vgg9": ("vgg9", 2, 8), "vgg11": ("vgg11", 2, 4)}
 # The authors' code on one H100 (docs/spec.md, section 7): train img/s, peak GiB, eval img/s.
 AUTHORS_H100 = {"vgg9": (802, 19.4, 1602), "vgg11": (431, 8.9, 1516)}
@@ -69,12 +77,72 @@ def measure(setting, engine, device, amp, warmup, iters):
             "train_spread_ms": 1000 * (max(train_times) - min(train_times))}
 
 
+def measure_in_turn(setting, names, device, amp, warmup, iters):
+    """measure() for several engines on a CPU, one training (then evaluation) step of each in
+    turn; the rows of `names`, in order."""
+    arch, steps, batch = setting
+    runs = []
+    for engine in names:
+        model = make_model(arch, steps, engine, device)
+        runs.append((make_step(arch, steps, batch, engine, device, amp, model=model),
+                     make_eval_step(model, batch, device, amp)))
+    timer = Timer(device)
+    train_times, eval_times = [[] for _ in names], [[] for _ in names]
+    for column, times in ((0, train_times), (1, eval_times)):
+        for _ in range(warmup):
+            for run in runs:
+                run[column]()
+        for i in range(iters):
+            # each round starts with the next engine: a step that follows another engine's
+            # (and its freed memory) does not always fall to the same engine
+            for k in range(len(runs)):
+                j = (i + k) % len(runs)
+                times[j].append(timer(runs[j][column]))
+    rows = []
+    probe = torch.empty(0, device=device)
+    for engine, train, evaluation in zip(names, train_times, eval_times):
+        train_s, eval_s = statistics.median(train), statistics.median(evaluation)
+        rows.append({"arch": arch, "num_steps": steps, "batch": batch,
+                     "engine": engines.resolve(engine, probe, steps), "amp": amp,
+                     "train_img_s": batch / train_s, "eval_img_s": batch / eval_s, "peak_gib": None,
+                     "train_ms": 1000 * train_s, "eval_ms": 1000 * eval_s,
+                     "train_spread_ms": 1000 * (max(train) - min(train)),
+                     "train_steps_ms": [1000 * t for t in train]})
+    return rows
+
+
+def add_ratios(rows):
+    """Each row's img/s over those of the reference engine of its setting, where there is one."""
+    for row in rows:
+        base = next((r for r in rows if r["engine"] == "reference"
+                     and (r["arch"], r["num_steps"], r["batch"]) == (row["arch"], row["num_steps"], row["batch"])), None)
+        if base is not None:
+            row["train_vs_reference"] = row["train_img_s"] / base["train_img_s"]
+            row["eval_vs_reference"] = row["eval_img_s"] / base["eval_img_s"]
+
+
+def parse_setting(text):
+    """ARCH:T:BATCH, e.g. vgg9:25:32."""
+    try:
+        arch, steps, batch = text.split(":")
+        steps, batch = int(steps), int(batch)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a setting is ARCH:T:BATCH, e.g. vgg9:25:32, not {text!r}") from None
+    if arch not in SETTINGS or steps < 1 or batch < 1:
+        raise argparse.ArgumentTypeError(f"a setting is ARCH:T:BATCH with ARCH one of "
+                                         f"{', '.join(SETTINGS)} and T, BATCH >= 1, not {text!r}")
+    return arch, steps, batch
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--engines", nargs="+", default=None,
-                        help="default: reference multistep, plus fused where it can run")
+                        help="default: reference multistep, plus fused where it can run; "
+                             "on a CPU: reference multistep cpu")
     parser.add_argument("--archs", nargs="+", default=["vgg9", "vgg11"], choices=list(SETTINGS))
+    parser.add_argument("--setting", action="append", type=parse_setting, metavar="ARCH:T:BATCH",
+                        help="run this setting instead of the paper's (repeatable), e.g. vgg9:25:32")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--quick", action="store_true", help="tiny T and batch (for a CPU)")
     parser.add_argument("--warmup", type=int, default=3)
@@ -82,31 +150,46 @@ def main(argv=None):
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    names = args.engines or ["reference", "multistep"] + (
-        ["fused"] if fused.available(torch.empty(0, device=device)) else [])
+    cpu = device.type == "cpu"
+    names = args.engines or (CPU_ENGINES if cpu else ["reference", "multistep"] + (
+        ["fused"] if fused.available(torch.empty(0, device=device)) else []))
+    if cpu and "reference" in names:  # the baseline of the ratios: first, then the others
+        names = ["reference"] + [n for n in names if n != "reference"]
     table = QUICK if args.quick else SETTINGS
+    settings = args.setting or [table[arch] for arch in args.archs]
     results = []
-    for arch in args.archs:
-        for engine in names:
-            row = measure(table[arch], engine, device, args.amp, args.warmup, args.iters)
+    for setting in settings:
+        rows = (measure_in_turn(setting, names, device, args.amp, args.warmup, args.iters) if cpu else
+                [measure(setting, engine, device, args.amp, args.warmup, args.iters) for engine in names])
+        for row in rows:
             results.append(row)
-            print(f"  {arch} {engine}: train {row['train_img_s']:.1f} img/s, eval "
-                  f"{row['eval_img_s']:.1f} img/s", file=sys.stderr, flush=True)
+            print(f"  {row['arch']} T={row['num_steps']} b{row['batch']} {row['engine']}: train "
+                  f"{row['train_img_s']:.1f} img/s, eval {row['eval_img_s']:.1f} img/s",
+                  file=sys.stderr, flush=True)
+    add_ratios(results)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"\n{gpu}, torch {torch.__version__}, {'bf16 autocast' if args.amp else 'fp32'}")
-    print(f"{'setting':<22} {'engine':<10} {'train img/s':>12} {'eval img/s':>11} {'peak GiB':>9}")
+    threads = f", {torch.get_num_threads()} threads" if cpu else ""
+    print(f"\n{gpu}, torch {torch.__version__}{threads}, {'bf16 autocast' if args.amp else 'fp32'}")
+    ratio = cpu and any("train_vs_reference" in r for r in results)
+    print(f"{'setting':<22} {'engine':<10} {'train img/s':>12} {'eval img/s':>11} {'peak GiB':>9}"
+          + (f" {'train x ref':>12} {'eval x ref':>11}" if ratio else ""))
     for r in results:
         setting = f"{r['arch']} T={r['num_steps']} b{r['batch']}"
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
-        print(f"{setting:<22} {r['engine']:<10} {r['train_img_s']:>12.1f} {r['eval_img_s']:>11.1f} {peak:>9}")
-    if device.type == "cuda" and not args.quick:
+        line = f"{setting:<22} {r['engine']:<10} {r['train_img_s']:>12.1f} {r['eval_img_s']:>11.1f} {peak:>9}"
+        if ratio and "train_vs_reference" in r:
+            line += f" {r['train_vs_reference']:>12.2f} {r['eval_vs_reference']:>11.2f}"
+        print(line)
+    if device.type == "cuda" and not args.quick and not args.setting:
         for arch in args.archs:
             train, mem, ev = AUTHORS_H100[arch]
             print(f"{arch}: the authors' code on an H100 (docs/spec.md): train {train} img/s, "
                   f"{mem} GiB, eval {ev} img/s")
     if args.json:
-        args.json.write_text(json.dumps({"device": gpu, "torch": torch.__version__, "amp": args.amp,
-                                         "results": results}, indent=2) + "\n")
+        about = {"device": gpu, "torch": torch.__version__, "amp": args.amp}
+        if cpu:
+            about["threads"] = torch.get_num_threads()
+        args.json.write_text(json.dumps({**about, "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
