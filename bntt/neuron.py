@@ -34,12 +34,10 @@ def surrogate_grad(v: torch.Tensor, threshold: float = THRESHOLD,
     # last bit. In place on one tensor: 1 - a is -a + 1 in IEEE arithmetic, and a division by
     # a threshold of 1 is exact, so it is skipped.
     if threshold != 1.0:
-        g = torch.div(v, threshold, out=out)
-    elif out is None:
-        g = v.clone()
+        g = torch.div(v, threshold, out=out).sub_(1.0)
     else:
-        g = out if out is v else out.copy_(v)
-    g.sub_(1.0).abs_().neg_().add_(1.0).relu_().mul_(SURROGATE_SCALE)
+        g = torch.sub(v, 1.0, out=out)
+    g.abs_().neg_().add_(1.0).relu_().mul_(SURROGATE_SCALE)
     return g.div_(threshold) if threshold != 1.0 else g
 
 
