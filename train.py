@@ -73,8 +73,8 @@ OPTIONS = {
     "run_name": (str, "", "run folder name (default: built from the hyperparameters)"),
     "resume": (str, "", "continue the run in this run folder (its last.pt) or from this checkpoint file"),
     "amp": (bool, False, "bf16 autocast on CUDA"),
-    "engine": (str, "auto", "time-stepping engine: auto (fused on CUDA, else multistep), "
-                            "reference (per-step loop), multistep, fused"),
+    "engine": (str, "auto", "time-stepping engine: auto (fused on CUDA, cpu on a CPU, else "
+                            "multistep), reference (per-step loop), multistep, cpu, fused"),
     "drop_last_test": (bool, False, "score only full test batches, as the authors did (9,728 of "
                                     "10,000 CIFAR images with batch 256)"),
     "eval_seed": (int, 0, "seed of the Poisson draws of every evaluation"),
