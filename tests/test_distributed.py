@@ -30,7 +30,7 @@ def child_env():
 
 # -- two processes train the one-process network ----------------------------------------------
 
-ENGINES = ("reference", "multistep") + (() if triton_interpreter_broken() else ("fused",))
+ENGINES = ("reference", "multistep", "cpu") + (() if triton_interpreter_broken() else ("fused",))
 CASES = tuple(f"{engine}:global" for engine in ENGINES) + ("multistep:local",)
 
 
@@ -52,7 +52,7 @@ def largest_difference(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("engine", ["reference", "multistep",
+@pytest.mark.parametrize("engine", ["reference", "multistep", "cpu",
                                     pytest.param("fused", marks=needs_triton_interpreter)])
 def test_two_processes_equal_one_process(step_results, engine):
     one, two = step_results
