@@ -11,10 +11,10 @@ CIFAR-shaped random images; evaluation img/s is a no-grad forward in eval mode. 
 steps, each step is timed on its own (CUDA events on a GPU) and the median is reported. Peak
 memory is torch.cuda.max_memory_allocated over the training steps.
 
-On a CPU the engines of one setting take their steps in turn (reference, multistep, cpu, then
-multistep, cpu, reference, ...), so that a load that comes and goes on a shared machine falls
-on all of them alike, and each engine is also given as a ratio to the reference engine of the
-same run.
+On a CPU the engines of one setting take turns (reference, multistep, cpu, then multistep,
+cpu, reference, ...), two steps each of which the second is timed, so that a load that comes
+and goes on a shared machine falls on all of them alike while no engine is timed on the step
+after another's; each engine is also given as a ratio to the reference engine of the same run.
 """
 import argparse
 import json
@@ -78,8 +78,8 @@ def measure(setting, engine, device, amp, warmup, iters):
 
 
 def measure_in_turn(setting, names, device, amp, warmup, iters):
-    """measure() for several engines on a CPU, one training (then evaluation) step of each in
-    turn; the rows of `names`, in order."""
+    """measure() for several engines on a CPU, taking turns (see the module docstring); the
+    rows of `names`, in order."""
     arch, steps, batch = setting
     runs = []
     for engine in names:
@@ -93,10 +93,11 @@ def measure_in_turn(setting, names, device, amp, warmup, iters):
             for run in runs:
                 run[column]()
         for i in range(iters):
-            # each round starts with the next engine: a step that follows another engine's
-            # (and its freed memory) does not always fall to the same engine
             for k in range(len(runs)):
-                j = (i + k) % len(runs)
+                j = (i + k) % len(runs)  # each round starts with the next engine
+                # A step right after another engine's pays for what that one leaves behind
+                # (gigabytes freed by multistep, a cold cache): untimed, then the timed one.
+                runs[j][column]()
                 times[j].append(timer(runs[j][column]))
     rows = []
     probe = torch.empty(0, device=device)
