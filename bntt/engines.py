@@ -14,14 +14,15 @@ are their sum over steps divided by T (docs/spec.md, Eq. 10).
   that BNTT's stack of steps is a channels-last view (where batch_norm is fastest), and the
   neuron is one autograd node for all steps (`bntt.neuron.lif_scan`). When one layer's stack
   of all T steps would pass STACK_BYTES, it runs the `reference` loop instead: stacks that
-  size leave the cache and the allocator hands out fresh pages for them on every call, and
+  size leave the cache and the allocator hands out fresh pages for them at every step, and
   the per-step loop was measured faster there (docs/speed.md, section CPU).
 - `fused`: `multistep` with BNTT + LIF as one Triton kernel each way, channels-last maps and
   int8-saving convolutions (bntt/fused/). CUDA only (or the Triton interpreter, for tests).
-- `auto`: `fused` on CUDA when Triton is available and T fits its kernels; `cpu` on a CPU (on
-  a 2-core x86 CPU it trained VGG9 at T=4, batch 16 about 1.1x as fast as `reference` and
-  `multistep` 0.97x; at T=25, batch 32, where it runs the reference loop, 1.0x against
-  `multistep`'s 0.65x: docs/speed.md); `multistep` on other devices.
+- `auto`: `fused` on CUDA when Triton is available and T fits its kernels; `cpu` on a CPU,
+  where it was measured fastest (2-core x86 CPU, 2 threads, VGG9 training against
+  `reference`: `cpu` 1.18x and `multistep` 1.02x at T=4, batch 16; `cpu`, running the
+  reference loop there, 0.98x and `multistep` 0.71x at T=25, batch 32: docs/speed.md, CPU);
+  `multistep` on other devices.
 
 All of them compute the same function (tests/test_engines.py, tests/test_fused.py,
 tests/test_cpu_engine.py). A model chooses its engine with `model.set_engine(name)`, which also
