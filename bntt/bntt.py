@@ -38,6 +38,7 @@ class BNTT(nn.Module):
     - `bn(x, t)`: one step; x is [B, C, ...], normalised with step t's statistics and gamma.
     - `bn(x)`: all steps at once; x is [n, B, C, ...] holding steps 0..n-1 (n <= num_steps),
       each normalised with its own statistics, in one reduction.
+    - `bn(x, first_step=k)`: the same for a stack holding steps k..k+n-1.
 
     Both forms compute docs/spec.md, Eq. 3 (and, in training, update the running statistics by
     Eq. 4): exactly what `nn.BatchNorm{1,2}d(C, eps, momentum, affine=True)` with its bias
@@ -62,14 +63,15 @@ class BNTT(nn.Module):
                              torch.zeros(num_steps, dtype=torch.long, device=device))
         self.sync_group = None  # a torch.distributed group: statistics over the global batch
 
-    def forward(self, x: torch.Tensor, t: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: int | None = None, first_step: int = 0) -> torch.Tensor:
         if t is not None:
             if not 0 <= t < self.num_steps:
                 raise IndexError(f"time step {t} out of range for BNTT with {self.num_steps} steps")
             return self._normalise(x.unsqueeze(0), t)[0]
-        if not 1 <= x.shape[0] <= self.num_steps:
-            raise ValueError(f"BNTT with {self.num_steps} steps got a stack of {x.shape[0]} steps")
-        return self._normalise(x, 0)
+        if not (x.shape[0] >= 1 and 0 <= first_step and first_step + x.shape[0] <= self.num_steps):
+            raise ValueError(f"BNTT with {self.num_steps} steps got a stack of {x.shape[0]} steps "
+                             f"from step {first_step}")
+        return self._normalise(x, first_step)
 
     def _normalise(self, x: torch.Tensor, first_step: int) -> torch.Tensor:
         n, batch, channels = x.shape[:3]

@@ -9,20 +9,20 @@ are their sum over steps divided by T (docs/spec.md, Eq. 10).
 - `multistep`: layer by layer over all steps at once. A layer at step t only depends on the
   layer below at step t and on its own state, so each convolution runs once over the [T*B]
   stack, BNTT normalises all steps in one call, and only the neuron scans over time.
-- `cpu`: `multistep` laid out for a CPU. The convolutions run on channels-last stacks of
-  about CHUNK_IMAGES images (a few steps at a time), one copy per layer lays the steps out so
-  that BNTT's stack of steps is a channels-last view (where batch_norm is fastest), and the
-  neuron is one autograd node for all steps (`bntt.neuron.lif_scan`). When one layer's stack
-  of all T steps would pass STACK_BYTES, it runs the `reference` loop instead: stacks that
-  size leave the cache and the allocator hands out fresh pages for them at every step, and
-  the per-step loop was measured faster there (docs/speed.md, section CPU).
+- `cpu`: `multistep` in blocks of steps, laid out for a CPU. Each block of about BLOCK_IMAGES
+  images (a few steps) goes through every layer before the next block starts, from the
+  membrane potentials the last one left: each convolution runs on a channels-last stack of
+  the block's steps, one copy per layer lays the steps out so that BNTT's stack of steps is a
+  channels-last view (where batch_norm is fastest), and the neuron is one autograd node for
+  the block's steps (`bntt.neuron.lif_scan`). Blocks keep every tensor of a step the size of
+  the cache and the allocator's reusable memory, where stacks of all T steps (210 MB a layer
+  for VGG9 at T=25, batch 32) took fresh pages at every step. Under autocast the spikes are
+  made in the autocast dtype, so the next convolution reads them without a cast. tdBN trains
+  on the statistics of all steps at once: its training runs `multistep`.
 - `fused`: `multistep` with BNTT + LIF as one Triton kernel each way, channels-last maps and
   int8-saving convolutions (bntt/fused/). CUDA only (or the Triton interpreter, for tests).
 - `auto`: `fused` on CUDA when Triton is available and T fits its kernels; `cpu` on a CPU,
-  where it was measured fastest (2-core x86 CPU, 2 threads, VGG9 training against
-  `reference`: `cpu` 1.18x and `multistep` 1.02x at T=4, batch 16; `cpu`, running the
-  reference loop there, 0.98x and `multistep` 0.71x at T=25, batch 32: docs/speed.md, CPU);
-  `multistep` on other devices.
+  where it was measured fastest (docs/speed.md, section CPU); `multistep` on other devices.
 
 All of them compute the same function (tests/test_engines.py, tests/test_fused.py,
 tests/test_cpu_engine.py). A model chooses its engine with `model.set_engine(name)`, which also
@@ -38,12 +38,7 @@ from bntt.neuron import lif_scan
 from bntt.norms import TDBN
 
 ENGINES = ("auto", "reference", "multistep", "cpu", "fused")
-CHUNK_IMAGES = 64  # images per convolution call of the cpu engine
-# The cpu engine's limit on one layer's stack of all steps. Measured on a 2-core x86 CPU with
-# 2 threads, VGG9 training against the reference loop: 1.14x at 34 MB (T=8, batch 16), 1.08x
-# at 67 MB (T=8, batch 32), 1.05x at 101 MB (T=12, batch 32), 1.03x at 105 MB (T=25, batch 16),
-# 0.83x at 210 MB (T=25, batch 32); with 1 thread the two were even at 67 MB.
-STACK_BYTES = 96 * 2**20
+BLOCK_IMAGES = 64  # images per convolution call of the cpu engine (docs/speed.md, CPU)
 
 
 def synapse_input(x: torch.Tensor, synapse: nn.Module) -> torch.Tensor:
@@ -87,52 +82,68 @@ def run_multistep(model, spikes: torch.Tensor, observe=None) -> torch.Tensor:
     return model.readout(x).unflatten(0, (steps, batch))
 
 
-def chunk_steps(steps: int, batch: int) -> int:
-    """How many time steps the cpu engine convolves in one call: about CHUNK_IMAGES images."""
-    return max(1, min(steps, round(CHUNK_IMAGES / batch)))
+def block_steps(steps: int, batch: int) -> int:
+    """How many time steps the cpu engine runs through the network at once: about BLOCK_IMAGES
+    images."""
+    return max(1, min(steps, round(BLOCK_IMAGES / batch)))
 
 
-def stack_bytes(model, spikes: torch.Tensor) -> int:
-    """Bytes of the largest stack of one layer's maps over all steps, [T, B, C, H, W] (at
-    least float32: BNTT normalises in float32 under bf16 autocast)."""
-    steps, batch = spikes.shape[:2]
-    size = max(spikes.element_size(), 4)
-    return max(steps * batch * channels * (side * side if side else 1) * size
-               for channels, side in model.neuron_shapes)
+def spike_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype the next synapse computes in: autocast's, where it is on (spikes made in it
+    need no cast there: 0 and 1 are exact in any float dtype), else None (the input's)."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
-def _steps_last(out: torch.Tensor, batch: int) -> torch.Tensor:
-    """Channels-last conv output [n * B, C, H, W] (n steps) -> its [B, H, W, n, C] view."""
-    return out.permute(0, 2, 3, 1).unflatten(0, (-1, batch)).permute(1, 2, 3, 0, 4)
+def _steps_last(out: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
+    """Channels-last conv output [n * B, C, H, W] (n steps) -> [n, B, C, H, W] in `dtype`, in
+    [B, H, W, n, C] memory: BNTT's stack of steps [B, n * C, H, W] is then a channels-last view.
+    One copy, which also makes the cast to BNTT's float32 under autocast."""
+    steps_last = out.permute(0, 2, 3, 1).unflatten(0, (-1, batch)).permute(1, 2, 3, 0, 4)
+    z = torch.empty(steps_last.shape, dtype=dtype, device=out.device)
+    return z.copy_(steps_last).permute(3, 0, 4, 1, 2)
 
 
 def run_cpu(model, spikes: torch.Tensor) -> torch.Tensor:
     steps, batch = spikes.shape[:2]
     layers = list(model.spiking_layers())
-    # tdBN trains on the statistics of all steps at once, which the reference loop cannot do
-    tdbn = model.training and any(isinstance(norm, TDBN) for _, norm, _ in layers)
-    if stack_bytes(model, spikes) > STACK_BYTES and not tdbn:
-        return run_reference(model, spikes)
-    chunk = chunk_steps(steps, batch)
+    if model.training and any(isinstance(norm, TDBN) for _, norm, _ in layers):
+        return run_multistep(model, spikes)  # tdBN trains on the statistics of all steps at once
+    # maps: blocks of steps, each block through every layer; vectors: all steps at once
+    block = block_steps(steps, batch) if spikes.dim() == 5 else steps
+    membranes = [None] * len(layers)
+    currents = [_run_cpu_block(model, layers, spikes[first:first + block], first, membranes)
+                for first in range(0, steps, block)]
+    return torch.cat(currents) if len(currents) > 1 else currents[0]
+
+
+def _run_cpu_block(model, layers, spikes: torch.Tensor, first: int, membranes: list):
+    """Steps first..first+n-1 of `run_cpu` ([n, B, ...] input spikes), from the membrane
+    potentials the previous block left in `membranes`, which it replaces by its own."""
+    steps, batch = spikes.shape[:2]
     leak, threshold = model.neuron.leak, model.neuron.threshold
-    if spikes.dim() == 5:  # maps: channels-last [k * B, C, H, W] stacks of k steps each
-        x = spikes.flatten(0, 1).contiguous(memory_format=torch.channels_last).split(chunk * batch)
-    else:  # vectors: batch-major [B * T, F]
+    out_dtype = spike_dtype(spikes)
+    if spikes.dim() == 5:  # maps: channels-last [n * B, C, H, W]
+        x = spikes.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    else:  # vectors: batch-major [B * n, F]
         x = spikes.transpose(0, 1).flatten(0, 1)
     below = None  # the pool after the layer below, applied where its spikes are used
-    for synapse, norm, pool in layers:
+    for i, (synapse, norm, pool) in enumerate(layers):
+        if below is not None and x.dim() == 4:
+            x = below(x)
         if isinstance(synapse, nn.Conv2d):
-            outs = [synapse(below(x_k) if below else x_k) for x_k in x]
-            # [B, H, W, T, C] memory: BNTT's [B, T * C, H, W] stack is then a channels-last view
-            z = torch.cat([_steps_last(out, batch) for out in outs], dim=3).permute(3, 0, 4, 1, 2)
-            x = lif_scan(norm(z), leak, threshold, torch.channels_last, chunk)
+            out = synapse(x)
+            z = _steps_last(out, batch, torch.promote_types(out.dtype, synapse.weight.dtype))
+            (x,), membranes[i] = lif_scan(norm(z, first_step=first), leak, threshold,
+                                          torch.channels_last, steps, membranes[i], out_dtype)
         else:
-            if isinstance(x, tuple):  # the last maps: pooled, flattened in (C, H, W) order
-                x = torch.cat([below(x_k) if below else x_k for x_k in x])
+            if x.dim() == 4:  # the last maps, flattened in (C, H, W) order, batch-major rows
                 x = x.unflatten(0, (steps, batch)).transpose(0, 1).flatten(2).flatten(0, 1)
-            # batch-major rows: BNTT's stack of steps [B, T * F] is then a view
+            # batch-major rows: BNTT's stack of steps [B, n * F] is then a view
             z = synapse(x).unflatten(0, (batch, steps)).transpose(0, 1)
-            x = lif_scan(norm(z), leak, threshold).transpose(0, 1).flatten(0, 1)
+            s, membranes[i] = lif_scan(norm(z, first_step=first), leak, threshold,
+                                       u0=membranes[i], spike_dtype=out_dtype)
+            x = s.transpose(0, 1).flatten(0, 1)
         below = pool
     return model.readout(x).unflatten(0, (batch, steps)).transpose(0, 1)
 

@@ -1,7 +1,8 @@
 """The normalisations BNTT is compared with (`--norm`, docs/spec.md, section 6).
 
 Each takes the pre-activations of a layer like BNTT does: `norm(x, t)` for step t alone
-([B, C, ...]), `norm(z)` for a stack of steps 0..n-1 ([n, B, C, ...]), and keeps its state under
+([B, C, ...]), `norm(z)` for a stack of steps 0..n-1 ([n, B, C, ...]) and
+`norm(z, first_step=k)` for steps k..k+n-1, and keeps its state under
 the layer's BNTT name, so every model, engine and checkpoint handles them alike.
 
 - `bntt`: the paper's BNTT (bntt/bntt.py): statistics and gamma per step.
@@ -56,7 +57,7 @@ class _SharedStatistics(nn.Module):
 class SharedBN(_SharedStatistics):
     """BatchNorm shared by every time step, gamma only (see the module docstring)."""
 
-    def forward(self, x: torch.Tensor, t: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: int | None = None, first_step: int = 0) -> torch.Tensor:
         if t is not None:
             return self._batch_norm(x, self.weight)
         # step after step: the running statistics take one update per step, in order
@@ -71,12 +72,12 @@ class TDBN(_SharedStatistics):
         super().__init__(num_features, num_steps, eps, momentum, bias=True)
         self.alpha, self.threshold = alpha, threshold
 
-    def forward(self, x: torch.Tensor, t: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: int | None = None, first_step: int = 0) -> torch.Tensor:
         scale = self.weight * (self.alpha * self.threshold)
+        if self.training and (t is not None or first_step):
+            raise RuntimeError("tdbn normalises over all time steps at once: it trains with "
+                               "the multistep or fused engine, not the step-by-step reference")
         if t is not None:
-            if self.training:
-                raise RuntimeError("tdbn normalises over all time steps at once: it trains with "
-                                   "the multistep or fused engine, not the step-by-step reference")
             return self._batch_norm(x, scale, self.bias)
         return self._batch_norm(x.flatten(0, 1), scale, self.bias).unflatten(0, x.shape[:2])
 
@@ -91,7 +92,7 @@ class NoNorm(nn.Module):
         super().__init__()
         self.num_features, self.num_steps = num_features, num_steps
 
-    def forward(self, x: torch.Tensor, t: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: int | None = None, first_step: int = 0) -> torch.Tensor:
         return x
 
 

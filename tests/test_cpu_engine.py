@@ -1,7 +1,7 @@
 """The cpu engine (bntt/engines.py) and the LIF scan it runs (bntt/neuron.py): against the
 per-step reference engine and lif_step, in float64 to 1e-10, for VGG9, VGG11, the FC network,
-every normalisation, convolutions split into several chunks of steps, and the fallback to the
-reference loop past STACK_BYTES."""
+every normalisation, in one block of steps or several; and under bf16 autocast, against the
+reference engine under autocast."""
 import copy
 
 import pytest
@@ -46,11 +46,11 @@ def image_spikes(steps, dtype=torch.float64, seed=0, batch=4, size=16):
     return poisson_spikes(images, steps, generator=g), torch.randn(batch, 10, dtype=dtype, generator=g)
 
 
-# steps per convolution call: 5 steps of batch 4 in chunks of 2, 2, 1; of 5; of 1 each
-@pytest.mark.parametrize("chunk_images", [8, 20, 4], ids=["chunks-2-2-1", "one-chunk", "per-step"])
+# 5 steps of batch 4 in blocks of 2, 2, 1 steps; of 5; of 1 each
+@pytest.mark.parametrize("block_images", [8, 20, 4], ids=["blocks-2-2-1", "one-block", "per-step"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_vgg9_equals_reference_in_float64(chunk_images, training, monkeypatch):
-    monkeypatch.setattr(engines, "CHUNK_IMAGES", chunk_images)
+def test_vgg9_equals_reference_in_float64(block_images, training, monkeypatch):
+    monkeypatch.setattr(engines, "BLOCK_IMAGES", block_images)
     fast, reference = pair(small_model("vgg9", 5, torch.float64).train(training))
     spikes, weights = image_spikes(5)
     assert_same_run(fast, reference, spikes, weights)
@@ -58,7 +58,7 @@ def test_vgg9_equals_reference_in_float64(chunk_images, training, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_vgg11_equals_reference(dtype, monkeypatch):
-    monkeypatch.setattr(engines, "CHUNK_IMAGES", 12)  # 3 steps of batch 4 per call: 3 + 1
+    monkeypatch.setattr(engines, "BLOCK_IMAGES", 12)  # blocks of 3 steps of batch 4: 3 + 1
     fast, reference = pair(small_model("vgg11", 4, dtype).train())
     spikes, weights = image_spikes(4, dtype, seed=1)
     assert_same_run(fast, reference, spikes, weights, {torch.float64: 1e-10, torch.float32: 1e-5}[dtype])
@@ -87,27 +87,46 @@ def test_each_norm_equals_the_other_engines_in_float64(norm, training):
     assert_same_run(fast, reference, spikes, torch.randn(4, 10, dtype=torch.float64, generator=g))
 
 
-def test_large_stacks_run_the_reference_loop(monkeypatch):
-    calls = []
-    real = engines.run_reference
-    monkeypatch.setattr(engines, "run_reference", lambda *a: calls.append(1) or real(*a))
-    fast, reference = pair(small_model("vgg9", 3, torch.float64).train())
+@pytest.mark.parametrize("norm", ["bntt", "bn", "none"])
+def test_blocks_of_steps_equal_the_reference_for_each_norm(norm, monkeypatch):
+    monkeypatch.setattr(engines, "BLOCK_IMAGES", 8)  # 3 steps of batch 4 in blocks of 2 and 1
+    fast, reference = pair(small_with_norm(norm).train())
     spikes, weights = image_spikes(3, seed=3)
-    # the largest stack here: 3 steps x 4 images x 64 channels x 16 x 16 in float64
-    assert engines.stack_bytes(fast, spikes) == 3 * 4 * 64 * 16 * 16 * 8
-    monkeypatch.setattr(engines, "STACK_BYTES", 3 * 4 * 64 * 16 * 16 * 8 - 1)
-    out_ref = run(reference, spikes, weights)  # the reference engine itself: one call
-    out = run(fast, spikes, weights)
-    assert len(calls) == 2 and torch.equal(out, out_ref)
+    assert engines.block_steps(3, 4) == 2
+    assert_same_run(fast, reference, spikes, weights)
 
 
-def test_tdbn_trains_on_the_whole_stack_even_past_the_limit(monkeypatch):
-    monkeypatch.setattr(engines, "STACK_BYTES", 0)
+def test_tdbn_trains_on_all_steps_at_once(monkeypatch):
+    monkeypatch.setattr(engines, "BLOCK_IMAGES", 4)  # blocks of one step, were it split
     model = small_with_norm("tdbn").train()
     fast, reference = pair(model)
     reference.engine = "multistep"
     spikes = torch.sign(torch.randn(3, 4, 3, 16, 16, dtype=torch.float64))
     assert_same_run(fast, reference, spikes, torch.ones(4, 10, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="all time steps at once"):
+        model.bntt1(torch.ones(1, 4, 64, 2, 2, dtype=torch.float64), first_step=1)
+
+
+@pytest.mark.parametrize("arch", ["vgg9", "vgg11"])
+def test_bf16_autocast_equals_the_reference_under_autocast(arch, monkeypatch):
+    """Under bf16 autocast the spikes are made in bf16 for the next convolution: the same values
+    as the reference's float32 spikes cast by autocast there. What can differ is the order of
+    float32 sums in the convolutions and BNTT's statistics: a rare spike flips."""
+    monkeypatch.setattr(engines, "BLOCK_IMAGES", 8)  # 4 steps of batch 4 in blocks of 2
+    fast, reference = pair(small_model(arch, 4, torch.float32).train())
+    spikes, weights = image_spikes(4, torch.float32, seed=6)
+    outs = []
+    for model in (reference, fast):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.forward_spikes(spikes)
+        (out.float() * weights).sum().backward()
+        outs.append(out.float())
+    assert outs[0].abs().max() > 0.05
+    assert (outs[1] - outs[0]).abs().max() <= 0.02 * outs[0].abs().max()
+    for (name, p_ref), (_, p) in zip(reference.named_parameters(), fast.named_parameters()):
+        assert p_ref.grad.abs().max() > 0, name
+        err = (p.grad - p_ref.grad).norm() / p_ref.grad.norm()
+        assert err < 0.02, (name, err)
 
 
 def test_auto_is_the_cpu_engine_on_a_cpu():
@@ -134,7 +153,7 @@ def test_scan_is_lif_step_over_time_forward_and_backward(threshold):
     z = (torch.randn(9, 3, 4, 5, 6, dtype=torch.float64, generator=g) * 0.8 + 0.4)
     weights = torch.randn(z.shape, dtype=torch.float64, generator=g)
     grads = []
-    for scan in (lambda z: steps_loop(z, 0.9, threshold), lambda z: lif_scan(z, 0.9, threshold)):
+    for scan in (lambda z: steps_loop(z, 0.9, threshold), lambda z: lif_scan(z, 0.9, threshold)[0]):
         z_in = z.clone().requires_grad_()
         s = scan(z_in)
         (s * weights).sum().backward()
@@ -150,7 +169,7 @@ def test_scan_in_chunks_of_channels_last_steps():
     z = torch.randn(5, 2, 3, 4, 4, dtype=torch.float64, generator=g) + 0.5
     weights = torch.randn(z.shape, dtype=torch.float64, generator=g)
     z_in = z.clone().requires_grad_()
-    chunks = lif_scan(z_in, 0.8, 1.0, torch.channels_last, 2)
+    chunks, _ = lif_scan(z_in, 0.8, 1.0, torch.channels_last, 2)
     assert [c.shape for c in chunks] == [(4, 3, 4, 4), (4, 3, 4, 4), (2, 3, 4, 4)]
     assert all(c.is_contiguous(memory_format=torch.channels_last) for c in chunks)
     s = torch.cat(chunks).unflatten(0, (5, 2))
@@ -164,10 +183,37 @@ def test_scan_in_chunks_of_channels_last_steps():
 
 def test_scan_keeps_a_float32_membrane_under_bf16():
     z = (torch.randn(6, 4, 8) * 0.7 + 0.5).to(torch.bfloat16)
-    s = lif_scan(z, 0.95)
+    s, u = lif_scan(z, 0.95)
     assert s.dtype == torch.bfloat16 and torch.equal(s, steps_loop(z, 0.95, 1.0))
+    assert u.dtype == torch.float32
     with torch.no_grad():  # without a backward nothing is kept, the spikes are the same
-        assert torch.equal(lif_scan(z, 0.95), s)
+        assert torch.equal(lif_scan(z, 0.95)[0], s)
+    assert torch.equal(lif_scan(z.float(), 0.95, spike_dtype=torch.bfloat16)[0], s)
+
+
+def test_scan_in_two_pieces_is_the_scan_in_one():
+    """The second piece starts from the membrane the first left; gradients cross the seam."""
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(7, 3, 5, dtype=torch.float64, generator=g) * 0.8 + 0.4
+    weights = torch.randn(z.shape, dtype=torch.float64, generator=g)
+    z_one, z_two = z.clone().requires_grad_(), z.clone().requires_grad_()
+    s_one, u_one = lif_scan(z_one, 0.9)
+    s_a, u_a = lif_scan(z_two[:4], 0.9)
+    s_b, u_b = lif_scan(z_two[4:], 0.9, u0=u_a)
+    s_two = torch.cat([s_a, s_b])
+    assert torch.equal(s_two, s_one) and torch.equal(u_b, u_one)
+    ((s_one * weights).sum() + u_one.sum()).backward()
+    ((s_two * weights).sum() + u_b.sum()).backward()
+    assert z_one.grad[:4].abs().max() > 0.1
+    assert_close_relative(z_two.grad, z_one.grad, 1e-12, "dL/dz")
+    z_ref = z.clone().requires_grad_()
+    (torch.cat([s_a.detach(), s_b.detach()]) * 0).sum()  # the pieces, against lif_step:
+    s_ref = steps_loop(z_ref, 0.9, 1.0)
+    (s_ref * weights).sum().backward()
+    z_three = z.clone().requires_grad_()
+    (torch.cat([lif_scan(z_three[:4], 0.9)[0],
+                lif_scan(z_three[4:], 0.9, u0=lif_scan(z_three[:4], 0.9)[1])[0]]) * weights).sum().backward()
+    assert_close_relative(z_three.grad, z_ref.grad, 1e-12, "dL/dz against lif_step")
 
 
 @pytest.mark.parametrize("threshold", [1.0, 2.0])
