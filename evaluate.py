@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_samples", type=int, default=0, help="only the first N test images")
     p.add_argument("--device", default="auto")
     p.add_argument("--engine", default="auto", choices=ENGINES)
-    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA or CPU)")
     p.add_argument("--num_workers", type=int, default=0)
     p.add_argument("--out_dir", default=None)
     p.add_argument("--no_plots", action="store_true", help="skip the PNG figures")

@@ -39,7 +39,7 @@ from bntt.checkpoint import (BEST_CHECKPOINT, RUN_CHECKPOINT, CheckpointError, c
                              load_checkpoint, load_model_state, model_state, rng_state,
                              run_folder_of, save_atomic, set_rng_state)
 from bntt.checkpoint import write_atomic
-from bntt.cli import UsageError, autocast, pick_device, require, run_cli
+from bntt.cli import UsageError, amp_warning, autocast, pick_device, require, run_cli
 from bntt.coding import SEQUENCE_CODINGS, SEQUENCE_ORDERS
 from bntt.data import DATASETS, make_datasets, make_loaders
 from bntt.data.sampling import set_epoch
@@ -72,7 +72,7 @@ OPTIONS = {
     "out_dir": (str, "runs", "parent folder of run folders"),
     "run_name": (str, "", "run folder name (default: built from the hyperparameters)"),
     "resume": (str, "", "continue the run in this run folder (its last.pt) or from this checkpoint file"),
-    "amp": (bool, False, "bf16 autocast on CUDA"),
+    "amp": (bool, False, "bf16 autocast (CUDA or CPU; the membrane stays float32)"),
     "engine": (str, "auto", "time-stepping engine: auto (fused on CUDA, cpu on a CPU, else "
                             "multistep), reference (per-step loop), multistep, cpu, fused"),
     "drop_last_test": (bool, False, "score only full test batches, as the authors did (9,728 of "
@@ -608,8 +608,10 @@ def train_in_folder(run: Run) -> int:
                f"{'an ANN: no time steps' if cfg['arch'] in ANN_ARCHS else 'T=' + str(cfg['num_steps'])}, "
                f"{n_params:,} parameters, {run.device}{processes}"
                f"{'' if cfg['arch'] in ANN_ARCHS else ', engine ' + run.engine}"
-               f"{', bf16 autocast' if run.amp and run.device.type == 'cuda' else ''}"
+               f"{', bf16 autocast' if run.amp and run.device.type in ('cuda', 'cpu') else ''}"
                f"{f', resuming after epoch {run.start_epoch}' if run.start_epoch else ''}")
+    if warning := amp_warning(run.device, run.amp):
+        tqdm.write(warning)
     try:
         last_eval = train_epochs(run, outputs)
     except KeyboardInterrupt:

@@ -69,10 +69,24 @@ def pick_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when enabled; a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA or a CPU when enabled; a no-op elsewhere."""
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has the bf16 instructions oneDNN uses (AVX512-BF16 or AMX). Without
+    them bf16 convolutions are emulated, and slower than float32 ones."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def amp_warning(device: torch.device, enabled: bool) -> str | None:
+    """A line to show when --amp will make a run slower rather than faster."""
+    if enabled and device.type == "cpu" and not cpu_has_bf16():
+        return ("warning: this CPU has no bf16 instructions (AVX512-BF16 or AMX): --amp runs "
+                "slower than float32 here")
+    return None
 
 
 def run_cli(main, prog: str, argv=None) -> int:

@@ -61,6 +61,22 @@ def test_short_training_lowers_the_loss_and_writes_checkpoints(tmp_path):
     assert not list(run_dir.glob(".*.tmp"))
 
 
+def test_amp_trains_in_bf16_on_a_cpu(tmp_path):
+    """--amp autocasts on a CPU too: the losses move off the float32 run's by bf16 rounding
+    (so the convolutions did run in bf16), stay near them, and the weights stay float32."""
+    losses = {}
+    for name, flag in (("fp32", "--no-amp"), ("bf16", "--amp")):
+        result = run_train([*TINY, "--num_epochs", "1", "--out_dir", str(tmp_path), "--run_name", name,
+                            "--device", "cpu", flag])
+        assert result.returncode == 0, result.stderr
+        assert ("bf16 autocast" in result.stdout) == (name == "bf16")
+        losses[name] = metrics(tmp_path / name)[0]["train_loss"]
+    assert losses["bf16"] != losses["fp32"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.05)
+    state = torch.load(tmp_path / "bf16" / "last.pt", weights_only=True)["state_dict"]
+    assert state["conv1.weight"].dtype == torch.float32
+
+
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
     args = [*TINY, "--num_epochs", "3", "--out_dir", str(tmp_path)]
     assert run_train([*args, "--run_name", "full"]).returncode == 0

@@ -24,7 +24,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 
 from bntt.checkpoint import RUN_CHECKPOINT, write_atomic
 
@@ -119,8 +118,6 @@ def main(argv=None) -> int:
     if args.report:
         return report(args)
     args.train_flags = train_flags
-    if any(precision == "bf16" for _, precision, _ in args.runs) and not torch.cuda.is_available():
-        parser.error("bf16 runs need a CUDA device: train.py's --amp autocasts on CUDA only")
 
     runs = []
     for engine, precision, seed in args.runs:
