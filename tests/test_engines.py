@@ -1,7 +1,7 @@
 """The multi-step engines compute what the per-step reference engine computes, given the same
 input spike train: logits, every parameter gradient and the BNTT running statistics. Without
 a GPU the fused engine's Triton kernels run in the Triton interpreter (tests/conftest.py). The
-cpu engine's chunks, norms and fallback: tests/test_cpu_engine.py."""
+cpu engine's blocks of steps, norms and bf16: tests/test_cpu_engine.py."""
 import copy
 
 import pytest
