@@ -65,6 +65,46 @@ def test_fused_equals_library_composition(shape, layout, training, dtype, rel):
 
 
 @needs_triton_interpreter
+@needs_triton_interpreter
+def test_forward_kernel_writes_the_spikes_as_int8_codes():
+    g = torch.Generator().manual_seed(3)
+    z = (torch.randn(3, 4, 6, 5, 5, generator=g) + 0.5).flatten(0, 1)
+    z = z.contiguous(memory_format=torch.channels_last).unflatten(0, (3, 4))
+    bn = make_layer(6, 3, torch.float32, True)
+    spikes, codes = fused.bntt_lif(z, copy.deepcopy(bn), LIFNeuron(), codes=True)
+    alone = fused.bntt_lif(z, copy.deepcopy(bn), LIFNeuron())
+    assert 0.05 < alone.mean() < 0.95 and torch.equal(spikes, alone)
+    assert codes.dtype == torch.int8 and torch.equal(codes, alone.to(torch.int8))
+    assert codes.stride() == spikes.stride()
+
+
+@needs_triton_interpreter
+def test_the_engine_casts_to_int8_only_where_no_kernel_wrote_the_codes():
+    """VGG9: conv1 reads the input spikes and conv3, conv5 pooled maps, which are cast to int8;
+    conv2, conv4, conv6 and conv7 read a layer's spikes as they are, whose codes the kernel
+    wrote. The gradients are checked against the reference in tests/test_engines.py."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from helpers import small_model
+
+    class Int8Casts(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.int8:
+                Int8Casts.count += 1
+            return func(*args, **kwargs)
+
+    model = small_model("vgg9", 2, torch.float32, engine="fused").set_engine("fused").train()
+    spikes = (torch.rand(2, 2, 3, 16, 16, generator=torch.Generator().manual_seed(4)) < 0.5).float()
+    with Int8Casts():
+        out = model.forward_spikes(spikes)
+    out.sum().backward()
+    assert Int8Casts.count == 3
+    assert model.conv2.weight.grad.abs().max() > 0
+
+
 def test_batch_statistics_survive_a_large_mean():
     # float32 data with mean 1e4 and spread 1: a sum-of-squares variance keeps no correct digit
     g = torch.Generator().manual_seed(0)

@@ -43,3 +43,20 @@ def test_same_values_and_gradients_as_conv2d(kind, scale, dtype, channels_last):
     assert torch.equal(grad_w1, conv.weight.grad)
     saved_inputs = [t for t in saved if t.shape == x.shape]
     assert [t.dtype for t in saved_inputs] == [torch.int8]
+
+
+def test_given_codes_are_what_it_keeps():
+    g = torch.Generator().manual_seed(1)
+    conv = nn.Conv2d(4, 3, 3, padding=1, bias=False)
+    x = spike_map("binary", (2, 4, 6, 6), g)
+    x = x.float().contiguous(memory_format=torch.channels_last)
+    codes = x.to(torch.int8)
+    saved = []
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = spike_conv(conv, x1, 1, codes)
+    y.sum().backward()
+    grad_w, conv.weight.grad = conv.weight.grad.clone(), None
+    spike_conv(conv, x2, 1).sum().backward()
+    assert any(t is codes for t in saved)
+    assert torch.equal(x1.grad, x2.grad) and torch.equal(grad_w, conv.weight.grad)

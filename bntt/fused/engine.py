@@ -8,7 +8,9 @@
    spikes in {0, 1}, or k x k average-pooled spikes in {0, 1/k^2, ..., 1}. Multiplied by
    `scale` (`spike_scale`: 1 or k^2) they are small integers, so an int8 copy rebuilds the
    input exactly: the weight gradient comes from the same values through the same kernel as
-   nn.Conv2d's own backward, at half the memory of a bf16 copy (a quarter of float32).
+   nn.Conv2d's own backward, at half the memory of a bf16 copy (a quarter of float32). Where
+   a layer's spikes go straight into the next convolution (no pool between), the BNTT + LIF
+   kernel writes these codes itself, beside the spikes.
 
 It computes the function of `bntt.engines.run_multistep` (tests/test_engines.py); the design
 and its byte counts are in docs/fast-engine.md.
@@ -31,15 +33,22 @@ def run_fused(model, spikes: torch.Tensor) -> torch.Tensor:
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     scale = 1  # x * scale is integral: input spikes (1), or k x k average-pooled spikes (k * k)
-    for synapse, bntt, pool in model.spiking_layers():
+    codes = None  # x as int8, where the kernel that made x wrote them
+    layers = list(model.spiking_layers())
+    for i, (synapse, bntt, pool) in enumerate(layers):
         if isinstance(synapse, nn.Conv2d) and scale:
-            z = spike_conv(synapse, x, scale)
+            z = spike_conv(synapse, x, scale, codes)
         else:
             z = synapse(synapse_input(x, synapse))
         z = z.unflatten(0, (steps, batch))
         # the kernels fuse BNTT; the ablation's other normalisations run as in multistep
-        spikes = bntt_lif(z, bntt, model.neuron) if isinstance(bntt, BNTT) else model.neuron(bntt(z))
+        is_bntt = isinstance(bntt, BNTT)
+        want_codes = (is_bntt and pool is None and torch.is_grad_enabled() and i + 1 < len(layers)
+                      and isinstance(layers[i + 1][0], nn.Conv2d))
+        spikes = bntt_lif(z, bntt, model.neuron, want_codes) if is_bntt else model.neuron(bntt(z))
+        spikes, codes = spikes if want_codes else (spikes, None)
         x = spikes.flatten(0, 1)
+        codes = codes.flatten(0, 1) if codes is not None else None
         if pool is not None:
             x = pool_channels_last(x, pool)
         scale = spike_scale(pool)
@@ -73,9 +82,11 @@ def spike_scale(pool) -> int | None:
 
 class SpikeConv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, scale: int, stride, padding, dilation, groups):
+    def forward(ctx, x, weight, scale: int, stride, padding, dilation, groups, codes=None):
         y = F.conv2d(x, weight, None, stride, padding, dilation, groups)  # autocast applies here
-        ctx.save_for_backward((x if scale == 1 else x * scale).to(torch.int8), weight)
+        if codes is None:
+            codes = (x if scale == 1 else x * scale).to(torch.int8)
+        ctx.save_for_backward(codes, weight)
         ctx.settings = (scale, stride, padding, dilation, groups, x.dtype, y.dtype)
         return y
 
@@ -91,13 +102,15 @@ class SpikeConv2d(torch.autograd.Function):
             [0] * len(stride), groups, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
         return (grad_x.to(x_dtype) if grad_x is not None else None,
                 grad_w.to(weight.dtype) if grad_w is not None else None,
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
-def spike_conv(conv: nn.Conv2d, x: torch.Tensor, scale: int) -> torch.Tensor:
-    """conv(x) for a spike map x whose values times `scale` are integers in [-128, 127]."""
+def spike_conv(conv: nn.Conv2d, x: torch.Tensor, scale: int,
+               codes: torch.Tensor | None = None) -> torch.Tensor:
+    """conv(x) for a spike map x whose values times `scale` are integers in [-128, 127];
+    `codes`, where given, are those integers as int8 (made with x), kept instead of a cast."""
     if (not torch.is_grad_enabled() or conv.bias is not None or conv.padding_mode != "zeros"
             or isinstance(conv.padding, str)):
         return conv(x)  # nothing to save (inference), or a conv this function does not cover
     return SpikeConv2d.apply(x, conv.weight, scale, conv.stride, conv.padding, conv.dilation,
-                             conv.groups)
+                             conv.groups, codes)

@@ -19,6 +19,9 @@ which is `LIFNeuron(BNTT(z))` of bntt/ (tests/test_fused.py checks it against th
   sums, which the host adds up: no atomics, so results are deterministic.
 - with a process group (DDP, `BNTT.sync_group`), the statistics and the backward's sums are
   those of the global batch: one all_reduce each way (bntt/sync.py).
+- on request (`codes=True`) the forward kernel also writes the spikes as int8: what the next
+  convolution keeps for its backward (bntt/fused/engine.py, `SpikeConv2d`), written while the
+  spikes are in registers instead of by a cast pass over them afterwards.
 
 Arithmetic runs in float32 (float64 for float64 input); z, the spikes and dL/dz keep z's dtype
 (bf16 under autocast). On a CPU the kernels run under the Triton interpreter
@@ -106,9 +109,10 @@ if triton is not None:
         tl.store(pm2_ptr + out, m2, mask=cmask)
 
     @triton.jit
-    def _forward_kernel(z_ptr, s_ptr, mean_ptr, scale_ptr, neuron_ptr, R, C,
-                        T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-                        ACC: tl.constexpr):
+    def _forward_kernel(z_ptr, s_ptr, codes_ptr, mean_ptr, scale_ptr, neuron_ptr, R, C,
+                        T: tl.constexpr, CODES: tl.constexpr, BLOCK_R: tl.constexpr,
+                        BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        """Spikes into s_ptr and, with CODES, the same spikes as int8 into codes_ptr."""
         rs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = cs < C
@@ -123,6 +127,8 @@ if triton is not None:
             scale = tl.load(scale_ptr + t * C + cs, mask=cmask, other=0.0)
             v, fired, u = _lif_update(z, mean[None, :], scale[None, :], u, leak, threshold)
             tl.store(s_ptr + t * step + offs, fired.to(s_ptr.dtype.element_ty), mask=mask)
+            if CODES:
+                tl.store(codes_ptr + t * step + offs, fired.to(tl.int8), mask=mask)
 
     @triton.jit
     def _backward_scan_kernel(z_ptr, gs_ptr, g_ptr, mean_ptr, scale_ptr, rstd_ptr, psum_ptr,
@@ -282,7 +288,7 @@ class BNTTLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, weight, running_mean, running_var, num_batches_tracked,
                 training: bool, momentum: float, eps: float, leak: float, threshold: float,
-                group=None):
+                group=None, codes: bool = False):
         T, R, C = z.shape
         acc = _acc_dtype(z.dtype)
         count = R
@@ -302,16 +308,21 @@ class BNTTLIF(torch.autograd.Function):
         rstd = 1.0 / torch.sqrt(var + eps)
         scale = weight[:T].detach().to(acc) * rstd
         spikes = torch.empty_like(z)
+        int8_spikes = torch.empty_like(z, dtype=torch.int8) if codes else spikes  # unused if not
         block_r, block_c = _tiles(C, 1024, z.device)
         _forward_kernel[(triton.cdiv(R, block_r), triton.cdiv(C, block_c))](
-            z, spikes, mean.contiguous(), scale.contiguous(), _neuron_constants(leak, threshold, z), R, C,
-            T=T, BLOCK_R=block_r, BLOCK_C=block_c, ACC=getattr(tl, _TL_ACC[acc]))
+            z, spikes, int8_spikes, mean.contiguous(), scale.contiguous(),
+            _neuron_constants(leak, threshold, z), R, C, T=T, CODES=codes, BLOCK_R=block_r,
+            BLOCK_C=block_c, ACC=getattr(tl, _TL_ACC[acc]))
         ctx.save_for_backward(z, weight, mean, rstd, scale)
         ctx.settings = (training, leak, threshold, group, count)
+        if codes:
+            ctx.mark_non_differentiable(int8_spikes)
+            return spikes, int8_spikes
         return spikes
 
     @staticmethod
-    def backward(ctx, grad_spikes):
+    def backward(ctx, grad_spikes, *_):
         z, weight, mean, rstd, scale = ctx.saved_tensors
         training, leak, threshold, group, count = ctx.settings
         T, R, C = z.shape
@@ -347,11 +358,12 @@ class BNTTLIF(torch.autograd.Function):
                 R, C, BLOCK_R=block_r, BLOCK_C=block_c, ACC=tl_acc)
         if not ctx.needs_input_grad[0]:
             grad_z = None
-        return grad_z, grad_weight, None, None, None, None, None, None, None, None, None
+        return grad_z, grad_weight, None, None, None, None, None, None, None, None, None, None
 
 
-def bntt_lif(z: torch.Tensor, bntt, neuron) -> torch.Tensor:
-    """LIFNeuron(BNTT(z)) for z [T, B, C] or [T, B, C, H, W], with the fused kernels.
+def bntt_lif(z: torch.Tensor, bntt, neuron, codes: bool = False):
+    """LIFNeuron(BNTT(z)) for z [T, B, C] or [T, B, C, H, W], with the fused kernels; with
+    codes=True, (spikes, the same spikes as int8), both laid out alike.
 
     The kernels see [T, B*H*W, C]; a channels-last z (what the fused engine feeds its convs)
     is that already, any other layout is copied once.
@@ -360,7 +372,8 @@ def bntt_lif(z: torch.Tensor, bntt, neuron) -> torch.Tensor:
     if T > MAX_STEPS:
         raise ValueError(f"the fused kernels handle at most {MAX_STEPS} time steps, got {T}")
     rows = z.movedim(2, -1).reshape(T, -1, C).contiguous()
-    spikes = BNTTLIF.apply(rows, bntt.weight, bntt.running_mean, bntt.running_var,
-                           bntt.num_batches_tracked, bntt.training, bntt.momentum, bntt.eps,
-                           neuron.leak, neuron.threshold, bntt.sync_group)
-    return spikes.reshape(T, B, *z.shape[3:], C).movedim(-1, 2)
+    out = BNTTLIF.apply(rows, bntt.weight, bntt.running_mean, bntt.running_var,
+                        bntt.num_batches_tracked, bntt.training, bntt.momentum, bntt.eps,
+                        neuron.leak, neuron.threshold, bntt.sync_group, codes)
+    maps = [o.reshape(T, B, *z.shape[3:], C).movedim(-1, 2) for o in (out if codes else (out,))]
+    return tuple(maps) if codes else maps[0]

@@ -33,6 +33,8 @@ def signature(kernel, constants, dtype):
             sig[name] = "constexpr"
         elif name in DATA_POINTERS:
             sig[name] = f"*{dtype}"
+        elif name == "codes_ptr":
+            sig[name] = "*i8"
         elif name.endswith("_ptr"):
             sig[name] = "*fp64" if dtype == "fp64" else "*fp32"
         else:
@@ -55,7 +57,7 @@ def ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
 def kernels(steps: int, dtype: str = "bf16"):
     acc = tl.float64 if dtype == "fp64" else tl.float32
     yield fused._stats_kernel, {"BLOCK_R": 64, "BLOCK_C": 64, "ACC": acc}, 4
-    yield fused._forward_kernel, {"T": steps, "BLOCK_R": 16, "BLOCK_C": 64, "ACC": acc}, 4
+    yield fused._forward_kernel, {"T": steps, "CODES": True, "BLOCK_R": 16, "BLOCK_C": 64, "ACC": acc}, 4
     for training in (True, False):
         yield fused._backward_scan_kernel, {"T": steps, "TRAINING": training, "SUMS": training,
                                             "BLOCK_R": 8, "BLOCK_C": 64, "ACC": acc}, 4
