@@ -32,6 +32,18 @@ from bntt.paper import BN_EPS, BN_MOMENTUM
 _PER_STEP = ("weight", "running_mean", "running_var", "num_batches_tracked")
 
 
+def update_running_statistics(running_mean, running_var, num_batches_tracked, mean, var,
+                              count, momentum: float) -> None:
+    """Eq. 4 in place, for the steps these [n, C] views hold, from the batch's mean and biased
+    variance over `count` values per channel: what batch_norm does inside, for the paths that
+    compute the statistics themselves (several processes, the fused kernels)."""
+    with torch.no_grad():
+        running_mean.mul_(1 - momentum).add_(momentum * mean.to(running_mean.dtype))
+        running_var.mul_(1 - momentum).add_(
+            momentum * (var * (count / (count - 1))).to(running_var.dtype))
+        num_batches_tracked += 1
+
+
 class BNTT(nn.Module):
     """BatchNorm with per-time-step statistics and scale, for 1d ([B, C]) or 2d ([B, C, H, W]) maps.
 
@@ -104,11 +116,8 @@ class BNTT(nn.Module):
         from bntt.sync import global_moments
 
         mean, var, count = global_moments(a, self.running_mean[steps].to(a.dtype), self.sync_group)
-        with torch.no_grad():
-            m = self.momentum
-            self.running_mean[steps] = (1 - m) * self.running_mean[steps] + m * mean
-            self.running_var[steps] = (1 - m) * self.running_var[steps] + m * var * count / (count - 1)
-            self.num_batches_tracked[steps] += 1
+        update_running_statistics(self.running_mean[steps], self.running_var[steps],
+                                  self.num_batches_tracked[steps], mean, var, count, self.momentum)
         view = (a.shape[0], 1, a.shape[2]) + (1,) * (a.dim() - 3)
         scale = self.weight[steps] * torch.rsqrt(var + self.eps)
         return (a - mean.view(view)) * scale.view(view)

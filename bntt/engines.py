@@ -134,8 +134,8 @@ def _run_cpu_block(model, layers, spikes: torch.Tensor, first: int, membranes: l
         if isinstance(synapse, nn.Conv2d):
             out = synapse(x)
             z = _steps_last(out, batch, torch.promote_types(out.dtype, synapse.weight.dtype))
-            (x,), membranes[i] = lif_scan(norm(z, first_step=first), leak, threshold,
-                                          torch.channels_last, steps, membranes[i], out_dtype)
+            x, membranes[i] = lif_scan(norm(z, first_step=first), leak, threshold,
+                                       membranes[i], out_dtype, torch.channels_last)
         else:
             if x.dim() == 4:  # the last maps, flattened in (C, H, W) order, batch-major rows
                 x = x.unflatten(0, (steps, batch)).transpose(0, 1).flatten(2).flatten(0, 1)

@@ -105,11 +105,12 @@ class LIFScan(torch.autograd.Function):
     """Eq. 5-8 over all steps as one autograd node (see `lif_scan`)."""
 
     @staticmethod
-    def forward(ctx, z, u0, leak, threshold, memory_format, split, spike_dtype):
+    def forward(ctx, z, u0, leak, threshold, spike_dtype, memory_format):
         ctx.set_materialize_grads(False)
         keep = any(ctx.needs_input_grad[:2])
         dtype = membrane_dtype(z.dtype)
-        outputs, steps = _spike_buffers(z, memory_format, split, spike_dtype or z.dtype)
+        spikes = _spike_buffer(z, spike_dtype or z.dtype, memory_format)
+        steps = _step_views(spikes, z.shape[0], memory_format)
         # v of every step is kept for the backward (Eq. 8 needs it), laid out as z; without a
         # backward one buffer serves all steps. u: one buffer each step reads, then rewrites;
         # after the last step it holds the membrane the scan leaves.
@@ -128,16 +129,15 @@ class LIFScan(torch.autograd.Function):
             reset(v_t, s_t if fired is None else fired, threshold, out=u)
             if fired is not None:
                 s_t.copy_(fired)
-        ctx.leak, ctx.threshold, ctx.split, ctx.dtype = leak, threshold, split, z.dtype
+        ctx.leak, ctx.threshold, ctx.memory_format, ctx.dtype = leak, threshold, memory_format, z.dtype
         if keep:
             ctx.save_for_backward(v)
-        return (*outputs, u)
+        return spikes, u
 
     @staticmethod
-    def backward(ctx, *grad_outputs):
+    def backward(ctx, grad_spikes, grad_u):
         (v,) = ctx.saved_tensors
-        *grad_spikes, grad_u = grad_outputs
-        grad_steps = _step_views(grad_spikes, v.shape[0], ctx.split)
+        grad_steps = _step_views(grad_spikes, v.shape[0], ctx.memory_format)
         grad_z = torch.empty_like(v)
         # The reverse scan, a step at a time so that each step's tensors stay in cache:
         # d loss / d v_t through the spike (Eq. 8), plus leak times d loss / d v_t+1 through the
@@ -157,36 +157,27 @@ class LIFScan(torch.autograd.Function):
                 g.add_(grad_u)
         grad_u0 = grad_z[0] * ctx.leak if ctx.needs_input_grad[1] else None
         grad_z = grad_z.to(ctx.dtype) if ctx.needs_input_grad[0] else None
-        return grad_z, grad_u0, None, None, None, None, None
+        return grad_z, grad_u0, None, None, None, None
 
 
-def _spike_buffers(z: torch.Tensor, memory_format, split, dtype):
-    """The spike outputs for z [T, B, ...], in `dtype`, and a view of each step in them: one
-    tensor laid out as z, or (split=k) [k * B, ...] stacks of k steps in memory_format."""
-    if not split:
-        out = torch.empty_like(z, dtype=dtype)
-        return (out,), out.unbind(0)
-    steps, batch = z.shape[:2]
-    outputs = tuple(
-        torch.empty((min(split, steps - first) * batch,) + tuple(z.shape[2:]), dtype=dtype,
-                    device=z.device, memory_format=memory_format or torch.contiguous_format)
-        for first in range(0, steps, split))
-    return outputs, _step_views(outputs, steps, split)
+def _spike_buffer(z: torch.Tensor, dtype, memory_format):
+    """The spike output for z [T, B, ...] in `dtype`: laid out as z, or (memory_format given)
+    as a [T * B, ...] stack in that format."""
+    if memory_format is None:
+        return torch.empty_like(z, dtype=dtype)
+    return torch.empty((z.shape[0] * z.shape[1], *z.shape[2:]), dtype=dtype, device=z.device,
+                       memory_format=memory_format)
 
 
-def _step_views(outputs, steps: int, split):
-    """Step t of the outputs of `_spike_buffers` (None where an output has no gradient)."""
-    if not split:
-        return outputs[0].unbind(0) if outputs[0] is not None else (None,) * steps
-    views = []
-    for out in outputs:
-        n = min(split, steps - len(views))
-        views.extend(out.unflatten(0, (n, -1)).unbind(0) if out is not None else (None,) * n)
-    return views
+def _step_views(spikes, steps: int, memory_format):
+    """Step t of a `_spike_buffer` (or of its gradient; None where it has none)."""
+    if spikes is None:
+        return (None,) * steps
+    return spikes.unbind(0) if memory_format is None else spikes.unflatten(0, (steps, -1)).unbind(0)
 
 
-def lif_scan(z: torch.Tensor, leak: float, threshold: float = THRESHOLD, memory_format=None,
-             split: int | None = None, u0: torch.Tensor | None = None, spike_dtype=None):
+def lif_scan(z: torch.Tensor, leak: float, threshold: float = THRESHOLD,
+             u0: torch.Tensor | None = None, spike_dtype=None, memory_format=None):
     """The spike train of LIF neurons driven by z [T, B, ...] from membrane potential u0 (None:
     at rest), and the membrane potential u_T it leaves: what T calls of `lif_step` return, as
     one autograd node instead of about six per step, keeping only the membrane potentials v_t
@@ -194,13 +185,10 @@ def lif_scan(z: torch.Tensor, leak: float, threshold: float = THRESHOLD, memory_
     long train can be scanned piece by piece, each piece starting from where the last ended.
 
     The spikes come in `spike_dtype` (default z's; 0 and 1 are exact in every float dtype),
-    laid out as z ([T, B, ...]), or, with split=k, as a tuple of [k * B, ...] stacks of k
-    consecutive steps (the last one may hold fewer) in `memory_format`: what a convolution
-    run k steps at a time is fed. Returns (spikes, u_T), spikes being that tensor or tuple.
+    laid out as z ([T, B, ...]), or, with `memory_format`, as one [T * B, ...] stack in that
+    format: what a convolution over all T steps at once is fed. Returns (spikes, u_T).
     """
-    *spikes, u = LIFScan.apply(z, u0, float(leak), float(threshold), memory_format, split,
-                               spike_dtype)
-    return (tuple(spikes) if split else spikes[0]), u
+    return LIFScan.apply(z, u0, float(leak), float(threshold), spike_dtype, memory_format)
 
 
 class LIFNeuron(nn.Module):

@@ -33,6 +33,7 @@ import os
 
 import torch
 
+from bntt.bntt import update_running_statistics
 from bntt.paper import SURROGATE_SCALE
 from bntt.sync import all_reduce_sum, merge_moments
 
@@ -298,11 +299,8 @@ class BNTTLIF(torch.autograd.Function):
             mean, var = batch_stats(z)
             if group is not None:  # the global batch's statistics (bntt/sync.py)
                 count, mean, var = merge_moments(R, mean, var, running_mean[:T].to(acc), group)
-            with torch.no_grad():
-                running_mean[:T].mul_(1 - momentum).add_(momentum * mean.to(running_mean.dtype))
-                running_var[:T].mul_(1 - momentum).add_(
-                    momentum * (var * (count / (count - 1))).to(running_var.dtype))
-                num_batches_tracked[:T] += 1
+            update_running_statistics(running_mean[:T], running_var[:T], num_batches_tracked[:T],
+                                      mean, var, count, momentum)
         else:
             mean, var = running_mean[:T].to(acc), running_var[:T].to(acc)
         rstd = 1.0 / torch.sqrt(var + eps)
