@@ -12,25 +12,9 @@ from bntt.coding import poisson_spikes
 from bntt.neuron import lif_scan, lif_step, surrogate_grad
 from bntt.paper import SURROGATE_SCALE
 from helpers import small_model
-from test_engines import assert_close_relative, run
+from test_engines import assert_close_relative, assert_same_run
 from test_norms import small as small_with_norm
 from test_sequential import small_fc
-
-
-def assert_same_run(fast, reference, spikes, weights, rel=1e-10):
-    """Logits, every parameter gradient and every buffer (BNTT running statistics and step
-    counts) of `fast` equal those of `reference` after one forward and backward."""
-    out_ref, out = run(reference, spikes, weights), run(fast, spikes, weights)
-    assert out_ref.abs().max() > 0.05  # spikes reach the readout
-    assert_close_relative(out, out_ref, rel, "logits")
-    for (name, p_ref), (_, p) in zip(reference.named_parameters(), fast.named_parameters()):
-        assert p_ref.grad.abs().max() > 0, name
-        assert_close_relative(p.grad, p_ref.grad, rel, f"grad of {name}")
-    for (name, b_ref), (_, b) in zip(reference.named_buffers(), fast.named_buffers()):
-        if b_ref.is_floating_point():
-            assert_close_relative(b, b_ref, rel, name)
-        else:
-            assert torch.equal(b, b_ref), name
 
 
 def pair(model, engine="cpu"):

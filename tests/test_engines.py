@@ -28,6 +28,22 @@ def run(model, spikes, weights):
     return out
 
 
+def assert_same_run(fast, reference, spikes, weights, rel=1e-10):
+    """Logits, every parameter gradient and every buffer (BNTT running statistics and step
+    counts) of `fast` equal those of `reference` after one forward and backward."""
+    out_ref, out = run(reference, spikes, weights), run(fast, spikes, weights)
+    assert out_ref.abs().max() > 0.05  # spikes reach the readout
+    assert_close_relative(out, out_ref, rel, "logits")
+    for (name, p_ref), (_, p) in zip(reference.named_parameters(), fast.named_parameters()):
+        assert p_ref.grad.abs().max() > 0, name
+        assert_close_relative(p.grad, p_ref.grad, rel, f"grad of {name}")
+    for (name, b_ref), (_, b) in zip(reference.named_buffers(), fast.named_buffers()):
+        if b_ref.is_floating_point():
+            assert_close_relative(b, b_ref, rel, name)
+        else:
+            assert torch.equal(b, b_ref), name
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("steps", [1, 4, 7])
@@ -43,20 +59,7 @@ def test_engine_equals_reference(engine, arch, steps, training, dtype):
     spikes = poisson_spikes(images, steps, generator=g)
     weights = torch.randn(4, 10, dtype=dtype, generator=g)
 
-    out_ref = run(reference, spikes, weights)
-    out_fast = run(multistep, spikes, weights)
-
-    rel = RELATIVE[dtype]
-    assert out_ref.abs().max() > 0.05  # spikes reach the readout
-    assert_close_relative(out_fast, out_ref, rel, "logits")
-    for (name, p_ref), (_, p_fast) in zip(reference.named_parameters(), multistep.named_parameters()):
-        assert p_ref.grad.abs().max() > 0, name
-        assert_close_relative(p_fast.grad, p_ref.grad, rel, f"grad of {name}")
-    for (name, b_ref), (_, b_fast) in zip(reference.named_buffers(), multistep.named_buffers()):
-        if b_ref.is_floating_point():
-            assert_close_relative(b_fast, b_ref, rel, name)
-        else:
-            assert torch.equal(b_fast, b_ref), name
+    assert_same_run(multistep, reference, spikes, weights, RELATIVE[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
