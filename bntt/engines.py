@@ -11,14 +11,17 @@ are their sum over steps divided by T (docs/spec.md, Eq. 10).
   stack, BNTT normalises all steps in one call, and only the neuron scans over time.
 - `cpu`: `multistep` in blocks of steps, laid out for a CPU. Each block of about BLOCK_IMAGES
   images (a few steps) goes through every layer before the next block starts, from the
-  membrane potentials the last one left: each convolution runs on a channels-last stack of
-  the block's steps, one copy per layer lays the steps out so that BNTT's stack of steps is a
-  channels-last view (where batch_norm is fastest), and the neuron is one autograd node for
-  the block's steps (`bntt.neuron.lif_scan`). Blocks keep every tensor of a step the size of
-  the cache and the allocator's reusable memory, where stacks of all T steps (210 MB a layer
-  for VGG9 at T=25, batch 32) took fresh pages at every step. Under autocast the spikes are
-  made in the autocast dtype, so the next convolution reads them without a cast. tdBN trains
-  on the statistics of all steps at once: its training runs `multistep`.
+  membrane potentials the last one left, and each convolution runs on a channels-last stack of
+  the block's steps. BNTT and the neuron of a convolution layer are one compiled C++ kernel
+  each way for the block's steps (`bntt.compiled.bntt_lif_block`), which reads the stack where
+  the convolution left it. Elsewhere (the hidden FC layer, the ablation's other
+  normalisations) the norm runs as it is, on a stack of steps laid out by one copy so that it
+  is a channels-last view, and the neuron is one autograd node for the block's steps
+  (`bntt.neuron.lif_scan`). Blocks keep every tensor of a step the size of the cache and the
+  allocator's reusable memory, where stacks of all T steps (210 MB a layer for VGG9 at T=25,
+  batch 32) took fresh pages at every step. Under autocast the spikes are made in the
+  autocast dtype, so the next convolution reads them without a cast. tdBN trains on the
+  statistics of all steps at once: its training runs `multistep`.
 - `fused`: `multistep` with BNTT + LIF as one Triton kernel each way, channels-last maps and
   int8-saving convolutions (bntt/fused/). CUDA only (or the Triton interpreter, for tests).
 - `auto`: `fused` on CUDA when Triton is available and T fits its kernels; `cpu` on a CPU,
@@ -33,6 +36,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from bntt.bntt import BNTT
+from bntt import compiled
 from bntt.names import check_name
 from bntt.neuron import lif_scan
 from bntt.norms import TDBN
@@ -131,7 +136,11 @@ def _run_cpu_block(model, layers, spikes: torch.Tensor, first: int, membranes: l
     for i, (synapse, norm, pool) in enumerate(layers):
         if below is not None and x.dim() == 4:
             x = below(x)
-        if isinstance(synapse, nn.Conv2d):
+        if (isinstance(synapse, nn.Conv2d) and isinstance(norm, BNTT) and norm.sync_group is None
+                and compiled.enabled()):
+            x, membranes[i] = compiled.bntt_lif_block(synapse(x), norm, model.neuron, first,
+                                                      batch, membranes[i], out_dtype)
+        elif isinstance(synapse, nn.Conv2d):
             out = synapse(x)
             z = _steps_last(out, batch, torch.promote_types(out.dtype, synapse.weight.dtype))
             x, membranes[i] = lif_scan(norm(z, first_step=first), leak, threshold,
