@@ -36,8 +36,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bntt.bntt import BNTT
 from bntt import compiled
+from bntt.bntt import BNTT
 from bntt.names import check_name
 from bntt.neuron import lif_scan
 from bntt.norms import TDBN

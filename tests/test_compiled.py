@@ -144,7 +144,7 @@ def test_without_a_compiler_the_functions_run_uncompiled(tmp_path):
     env = dict(os.environ, BNTT_COMPILE="1", CXX=str(tmp_path / "no-such-compiler"),
                TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"),
                PYTHONPATH=os.pathsep.join([tests, os.path.dirname(tests), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", script], cwd=tests, env=env,
+    done = subprocess.run([sys.executable, "-c", script], cwd=tests, env=env, check=False,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "1 torch.compile cannot build the cpu engine's BNTT + LIF kerne"
