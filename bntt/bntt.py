@@ -79,16 +79,22 @@ class BNTT(nn.Module):
         if t is not None:
             if not 0 <= t < self.num_steps:
                 raise IndexError(f"time step {t} out of range for BNTT with {self.num_steps} steps")
+            self.check_stack(1, t, x.shape[1])
             return self._normalise(x.unsqueeze(0), t)[0]
-        if not (x.shape[0] >= 1 and 0 <= first_step and first_step + x.shape[0] <= self.num_steps):
-            raise ValueError(f"BNTT with {self.num_steps} steps got a stack of {x.shape[0]} steps "
-                             f"from step {first_step}")
+        self.check_stack(x.shape[0], first_step, x.shape[2])
         return self._normalise(x, first_step)
+
+    def check_stack(self, steps: int, first_step: int, channels: int) -> None:
+        """A stack of `steps` steps from `first_step`, of `channels` channels, is one this layer
+        normalises, or a ValueError that says why not."""
+        if not (steps >= 1 and 0 <= first_step and first_step + steps <= self.num_steps):
+            raise ValueError(f"BNTT with {self.num_steps} steps got a stack of {steps} steps "
+                             f"from step {first_step}")
+        if channels != self.num_features:
+            raise ValueError(f"BNTT expects {self.num_features} channels, got {channels}")
 
     def _normalise(self, x: torch.Tensor, first_step: int) -> torch.Tensor:
         n, batch, channels = x.shape[:3]
-        if channels != self.num_features:
-            raise ValueError(f"BNTT expects {self.num_features} channels, got {channels}")
         steps = slice(first_step, first_step + n)
         dtype = torch.promote_types(x.dtype, self.weight.dtype)
         if self.training and self.sync_group is not None:

@@ -185,11 +185,7 @@ def bntt_lif_block(a: torch.Tensor, bntt, neuron, first_step: int, batch: int,
     (default: a's), and the membrane potentials u_n the block leaves."""
     n = a.shape[0] // batch
     steps = slice(first_step, first_step + n)
-    if not (n >= 1 and first_step >= 0 and first_step + n <= bntt.num_steps):
-        raise ValueError(f"BNTT with {bntt.num_steps} steps got a stack of {n} steps "
-                         f"from step {first_step}")
-    if a.shape[1] != bntt.num_features:
-        raise ValueError(f"BNTT expects {bntt.num_features} channels, got {a.shape[1]}")
+    bntt.check_stack(n, first_step, a.shape[1])
     dtype = membrane_dtype(torch.promote_types(a.dtype, bntt.weight.dtype))
     if u0 is None:  # at rest: v_0 = leak * 0 + y_0 = y_0 exactly
         u0 = a.new_zeros((batch, *a.shape[2:], a.shape[1]), dtype=dtype).permute(0, 3, 1, 2)
