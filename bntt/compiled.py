@@ -113,7 +113,8 @@ _COMPILE_ERRORS = tuple(error for error in (
 ) if error is not None)
 # VGG9 trained and evaluated at T=25 in blocks of 2 steps needs 12 forward compilations, more
 # than torch's default limit of 8 per function (which fullgraph=True turns into an error).
-_LIMIT_NAME = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+_LIMIT_NAME = ("recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit")
+               else "cache_size_limit")
 RECOMPILE_LIMIT = 256
 _state = {"compile": os.environ.get("BNTT_COMPILE", "1") != "0"
           and not getattr(torch._dynamo.config, "disable", False)}
@@ -171,8 +172,9 @@ class BNTTLIFBlock(torch.autograd.Function):
         a, spikes, u0, gamma, mean, var = ctx.saved_tensors
         training, eps, leak, threshold = ctx.settings
         grad_a, grad_gamma, grad_u0 = _call(
-            "backward", a, spikes, u0.permute(0, 2, 3, 1), gamma.to(u0.dtype, copy=True), mean, var,
-            grad_spikes, grad_u.permute(0, 2, 3, 1).to(u0.dtype), leak, threshold, eps, training)
+            "backward", a, spikes, u0.permute(0, 2, 3, 1), gamma.to(u0.dtype, copy=True), mean,
+            var, grad_spikes, grad_u.permute(0, 2, 3, 1).to(u0.dtype), leak, threshold, eps,
+            training)
         return (grad_a, grad_gamma.to(gamma.dtype), grad_u0.permute(0, 3, 1, 2), None, None,
                 None, None, None, None, None, None, None)
 

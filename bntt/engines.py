@@ -16,9 +16,9 @@ are their sum over steps divided by T (docs/spec.md, Eq. 10).
   each way for the block's steps (`bntt.compiled.bntt_lif_block`), which reads the stack where
   the convolution left it. Elsewhere (the hidden FC layer, the ablation's other
   normalisations, BNTT across processes, and everywhere when compiling is off or fails:
-  `bntt.compiled.enabled()`) the norm runs as it is, on a stack of steps laid out by one copy so that it
-  is a channels-last view, and the neuron is one autograd node for the block's steps
-  (`bntt.neuron.lif_scan`). Blocks keep every tensor of a step the size of the cache and the
+  `bntt.compiled.enabled()`) the norm runs as it is, on a stack of steps laid out by one copy
+  so that it is a channels-last view, and the neuron is one autograd node for the block's
+  steps (`bntt.neuron.lif_scan`). Blocks keep every tensor of a step the size of the cache and the
   allocator's reusable memory, where stacks of all T steps (210 MB a layer for VGG9 at T=25,
   batch 32) took fresh pages at every step. Under autocast the spikes are made in the
   autocast dtype, so the next convolution reads them without a cast. tdBN trains on the

@@ -76,7 +76,8 @@ def run_both(n, first_step, dtype, training, from_rest):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("n, first_step, from_rest", [(2, 0, True), (3, 2, False), (1, 4, False)])
-def test_block_equals_bntt_then_lif_scan_in_float64(n, first_step, from_rest, training, compiled):
+def test_block_equals_bntt_then_lif_scan_in_float64(n, first_step, from_rest, training,
+                                                     compiled):
     block, eager = run_both(n, first_step, torch.float64, training, from_rest)
     spikes = eager["spikes"]
     assert spikes.is_contiguous(memory_format=torch.channels_last)
@@ -94,8 +95,8 @@ def test_block_equals_bntt_then_lif_scan_in_float64(n, first_step, from_rest, tr
             assert torch.equal(block[name], value), name
     steps = slice(first_step, first_step + n)  # only the block's steps move
     assert (eager["dL/dgamma"][steps] != 0).all() and not eager["dL/dgamma"][:first_step].any()
-    assert eager["num_batches_tracked"].tolist() == [int(training and first_step <= t < first_step + n)
-                                                     for t in range(STEPS)]
+    counted = [int(training and first_step <= t < first_step + n) for t in range(STEPS)]
+    assert eager["num_batches_tracked"].tolist() == counted
 
 
 def test_block_under_bf16_autocast(compiled):
@@ -143,7 +144,8 @@ def test_without_a_compiler_the_functions_run_uncompiled(tmp_path):
     tests = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, BNTT_COMPILE="1", CXX=str(tmp_path / "no-such-compiler"),
                TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=os.pathsep.join([tests, os.path.dirname(tests), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([tests, os.path.dirname(tests),
+                                           os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-c", script], cwd=tests, env=env, check=False,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
