@@ -1,15 +1,18 @@
 """The fused BNTT + LIF kernels (bntt/fused/kernels.py) against LIFNeuron(BNTT(z)) of the library.
 
-Without a GPU they run in the Triton interpreter (tests/conftest.py); the last test compiles
-them for the H100 (sm_90) to catch what the interpreter accepts and the compiler does not.
+Without a GPU they run in the Triton interpreter (tests/conftest.py);
+test_kernels_compile_for_hopper compiles them for the H100 (sm_90) to catch what the interpreter
+accepts and the compiler does not.
 """
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from bntt import BNTT, LIFNeuron, fused
 from helpers import needs_triton_interpreter
@@ -65,7 +68,6 @@ def test_fused_equals_library_composition(shape, layout, training, dtype, rel):
 
 
 @needs_triton_interpreter
-@needs_triton_interpreter
 def test_forward_kernel_writes_the_spikes_as_int8_codes():
     g = torch.Generator().manual_seed(3)
     z = (torch.randn(3, 4, 6, 5, 5, generator=g) + 0.5).flatten(0, 1)
@@ -78,11 +80,57 @@ def test_forward_kernel_writes_the_spikes_as_int8_codes():
     assert codes.stride() == spikes.stride()
 
 
+@pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-12), (torch.float32, 1e-5)],
+                         ids=["f64", "f32"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("k,hw", [(2, (6, 4)), (4, (4, 8))], ids=["2x2", "4x4"])
+@needs_triton_interpreter
+def test_pooling_kernels_equal_avg_pool_of_the_spikes(k, hw, training, dtype, rel):
+    """bntt_lif(..., pool=k): the pooled spikes and their window counts from the forward kernel,
+    the gradient through the pool from the backward, against nn.AvgPool2d(k) of the spikes."""
+    g = torch.Generator().manual_seed(k)
+    shape = (3, 4, 5, *hw)
+    z = (torch.randn(shape, dtype=dtype, generator=g) * 2 + 0.5).flatten(0, 1)
+    z = z.contiguous(memory_format=torch.channels_last).unflatten(0, shape[:2])
+    bn = make_layer(5, 4, dtype, training)
+    bn_ref, neuron, pool = copy.deepcopy(bn), LIFNeuron(leak=0.9, threshold=1.0), nn.AvgPool2d(k)
+    z_fused, z_ref = z.clone().requires_grad_(), z.clone().requires_grad_()
+    pooled, codes = fused.bntt_lif(z_fused, bn, neuron, codes=True, pool=k)
+    ref = pool(neuron(bn_ref(z_ref)).flatten(0, 1)).unflatten(0, shape[:2])
+    assert pooled.shape == ref.shape == (3, 4, 5, hw[0] // k, hw[1] // k)
+    assert torch.equal(pooled, ref) and 0 < ref.mean() < 1
+    assert ((ref > 0) & (ref < 1)).any()  # windows with some but not all spikes
+    assert codes.dtype == torch.int8 and torch.equal(codes, (ref * k * k).to(torch.int8))
+    assert codes.stride() == pooled.stride()
+    assert torch.equal(fused.bntt_lif(z, copy.deepcopy(bn_ref), neuron, pool=k), ref)
+
+    weights = torch.randn(ref.shape, dtype=dtype, generator=g)
+    (pooled * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert (z_fused.grad - z_ref.grad).abs().max() <= rel * z_ref.grad.abs().max()
+    assert (bn.weight.grad - bn_ref.weight.grad).abs().max() <= rel * bn_ref.weight.grad.abs().max()
+    for name in ("running_mean", "running_var"):
+        a, b = getattr(bn, name), getattr(bn_ref, name)
+        assert (a - b).abs().max() <= rel * b.abs().max(), name
+
+
+@needs_triton_interpreter
+def test_pooling_kernels_refuse_what_they_cannot_pool():
+    bn, neuron = BNTT(4, 2), LIFNeuron()
+    with pytest.raises(ValueError, match="not k=2 over 5x6"):
+        fused.bntt_lif(torch.randn(2, 3, 4, 5, 6), bn, neuron, pool=2)
+    with pytest.raises(ValueError, match="not k=3 over 6x6"):
+        fused.bntt_lif(torch.randn(2, 3, 4, 6, 6), bn, neuron, pool=3)
+    with pytest.raises(ValueError, match="not k=2 over vectors"):
+        fused.bntt_lif(torch.randn(2, 3, 4), bn, neuron, pool=2)
+
+
 @needs_triton_interpreter
 def test_the_engine_casts_to_int8_only_where_no_kernel_wrote_the_codes():
-    """VGG9: conv1 reads the input spikes and conv3, conv5 pooled maps, which are cast to int8;
-    conv2, conv4, conv6 and conv7 read a layer's spikes as they are, whose codes the kernel
-    wrote. The gradients are checked against the reference in tests/test_engines.py."""
+    """VGG9: conv1 reads the input spikes, which are cast to int8; the other six convolutions
+    read a layer's spikes (conv2, conv4, conv6, conv7) or its pooled spikes (conv3, conv5),
+    whose codes the kernel wrote. The gradients are checked against the reference in
+    tests/test_engines.py."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from helpers import small_model
@@ -101,7 +149,7 @@ def test_the_engine_casts_to_int8_only_where_no_kernel_wrote_the_codes():
     with Int8Casts():
         out = model.forward_spikes(spikes)
     out.sum().backward()
-    assert Int8Casts.count == 3
+    assert Int8Casts.count == 1
     assert model.conv2.weight.grad.abs().max() > 0
 
 
@@ -129,6 +177,27 @@ def test_kernels_compile_for_hopper():
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split() for line in result.stdout.splitlines()[1:]]
-    assert [r[0] for r in rows] == ["_stats_kernel", "_forward_kernel", "_backward_scan_kernel",
-                                    "_backward_scan_kernel", "_batchnorm_grad_kernel"]
+    assert [(r[0], "POOL=2" in r[1]) for r in rows] == [
+        ("_stats_kernel", False), ("_forward_kernel", False), ("_forward_kernel", True),
+        ("_backward_scan_kernel", False), ("_backward_scan_kernel", False),
+        ("_backward_scan_kernel", True), ("_batchnorm_grad_kernel", False)]
     assert all(int(r[2]) > 0 for r in rows)  # ptxas produced code and reported registers
+
+
+@needs_triton_interpreter
+def test_check_script_covers_the_pooled_layers(tmp_path):
+    """scripts/maintenance/check_fused.py, the check run on a GPU, in the interpreter: every
+    VGG9 layer, the three with a pool after them pooled by the kernels, agrees in float64."""
+    out = tmp_path / "check.json"
+    script = ROOT / "scripts" / "maintenance" / "check_fused.py"
+    result = subprocess.run([sys.executable, str(script), "--quick", "--device", "cpu",
+                             "--dtypes", "float64", "--json", str(out)],
+                            capture_output=True, text=True, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [(r["channels"], r["size"], r["pool"]) for r in report["layers"]] == [
+        (64, 32, 1), (64, 32, 2), (128, 16, 1), (128, 16, 2), (256, 8, 1), (256, 8, 1),
+        (256, 8, 2), (1024, None, 1)]
+    assert all(r["neurons_differing"] == 0 and r["dz"] < 1e-12 and r["dgamma"] < 1e-12
+               for r in report["layers"])
+    assert report["model"]["logits"] < 1e-12 and report["model"]["worst_parameter_grad"] < 1e-12

@@ -1,16 +1,18 @@
 """The fused engine: the multistep time loop with the three things that make it fast on a GPU.
 
 1. BNTT + LIF as one Triton kernel each way (bntt/fused/kernels.py), on channels-last maps.
-2. 2x2 average pooling as a mean over the channels-last view (`pool_channels_last`): same
-   values as avg_pool2d, but a broadcast for the backward and nothing saved for it.
+2. 2x2 average pooling inside the kernels: after a BNTT layer they write the pooled spikes
+   (their backward reads the pooled gradient), so the full-size spikes are never stored. Other
+   pools run as a mean over the channels-last view (`pool_channels_last`): same values as
+   avg_pool2d, but a broadcast for the backward and nothing saved for it.
 3. Convolutions that keep their spike input for the backward in one byte (`SpikeConv2d`).
    The input of every conv in these networks is a spike map: input spikes in {-1, 0, 1}, LIF
    spikes in {0, 1}, or k x k average-pooled spikes in {0, 1/k^2, ..., 1}. Multiplied by
    `scale` (`spike_scale`: 1 or k^2) they are small integers, so an int8 copy rebuilds the
    input exactly: the weight gradient comes from the same values through the same kernel as
    nn.Conv2d's own backward, at half the memory of a bf16 copy (a quarter of float32). Where
-   a layer's spikes go straight into the next convolution (no pool between), the BNTT + LIF
-   kernel writes these codes itself, beside the spikes.
+   a layer's spikes go into the next convolution, the BNTT + LIF kernel writes these codes
+   itself, beside the spikes (pooled: the window counts).
 
 It computes the function of `bntt.engines.run_multistep` (tests/test_engines.py); the design
 and its byte counts are in docs/fast-engine.md.
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from bntt.bntt import BNTT
 from bntt.engines import synapse_input
-from bntt.fused.kernels import bntt_lif
+from bntt.fused.kernels import bntt_lif, fusable_pool
 
 
 def run_fused(model, spikes: torch.Tensor) -> torch.Tensor:
@@ -41,15 +43,21 @@ def run_fused(model, spikes: torch.Tensor) -> torch.Tensor:
         else:
             z = synapse(synapse_input(x, synapse))
         z = z.unflatten(0, (steps, batch))
-        # the kernels fuse BNTT; the ablation's other normalisations run as in multistep
+        # the kernels fuse BNTT, and the pool after it where they can; the ablation's other
+        # normalisations run as in multistep
         is_bntt = isinstance(bntt, BNTT)
-        want_codes = (is_bntt and pool is None and torch.is_grad_enabled() and i + 1 < len(layers)
-                      and isinstance(layers[i + 1][0], nn.Conv2d))
-        spikes = bntt_lif(z, bntt, model.neuron, want_codes) if is_bntt else model.neuron(bntt(z))
+        k = pool_size(pool)
+        fuse_pool = is_bntt and k is not None and fusable_pool(k, z.shape[3:])
+        want_codes = (is_bntt and (pool is None or fuse_pool) and torch.is_grad_enabled()
+                      and i + 1 < len(layers) and isinstance(layers[i + 1][0], nn.Conv2d))
+        if is_bntt:
+            spikes = bntt_lif(z, bntt, model.neuron, want_codes, k if fuse_pool else 1)
+        else:
+            spikes = model.neuron(bntt(z))
         spikes, codes = spikes if want_codes else (spikes, None)
         x = spikes.flatten(0, 1)
         codes = codes.flatten(0, 1) if codes is not None else None
-        if pool is not None:
+        if pool is not None and not fuse_pool:
             x = pool_channels_last(x, pool)
         scale = spike_scale(pool)
     return model.readout(x).unflatten(0, (steps, batch))
@@ -63,21 +71,29 @@ def pool_channels_last(x: torch.Tensor, pool) -> torch.Tensor:
     took 13.5 ms of a 71 ms VGG9 training step on an H100 (docs/fast-engine.md), and it saves
     nothing for the backward where avg_pool2d keeps its whole input. Other pools run as they are.
     """
-    k = pool.kernel_size if isinstance(pool, nn.AvgPool2d) else None
+    k = pool_size(pool)
     n, c, h, w = x.shape if x.dim() == 4 else (0, 0, 0, 0)
-    if (not isinstance(k, int) or pool.stride not in (k, (k, k)) or pool.padding not in (0, (0, 0))
-            or h % k or w % k or not x.is_contiguous(memory_format=torch.channels_last)):
+    if k is None or h % k or w % k or not x.is_contiguous(memory_format=torch.channels_last):
         return pool(x)
     nhwc = x.permute(0, 2, 3, 1).reshape(n, h // k, k, w // k, k, c)
     return nhwc.mean(dim=(2, 4)).permute(0, 3, 1, 2)
+
+
+def pool_size(pool) -> int | None:
+    """k, where `pool` averages k x k windows that tile the map (nn.AvgPool2d(k)); else None."""
+    k = pool.kernel_size if isinstance(pool, nn.AvgPool2d) else None
+    if (not isinstance(k, int) or pool.stride not in (k, (k, k))
+            or pool.padding not in (0, (0, 0)) or pool.divisor_override is not None):
+        return None
+    return k
 
 
 def spike_scale(pool) -> int | None:
     """What the spike map after `pool` must be multiplied by to be integral (None: unknown)."""
     if pool is None:
         return 1
-    k = pool.kernel_size if isinstance(pool, nn.AvgPool2d) else None
-    return k * k if isinstance(k, int) and pool.stride in (k, (k, k)) and k * k <= 127 else None
+    k = pool_size(pool)
+    return k * k if k is not None and k * k <= 127 else None
 
 
 class SpikeConv2d(torch.autograd.Function):

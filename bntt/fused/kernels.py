@@ -22,6 +22,10 @@ which is `LIFNeuron(BNTT(z))` of bntt/ (tests/test_fused.py checks it against th
 - on request (`codes=True`) the forward kernel also writes the spikes as int8: what the next
   convolution keeps for its backward (bntt/fused/engine.py, `SpikeConv2d`), written while the
   spikes are in registers instead of by a cast pass over them afterwards.
+- on request (`pool=k`, the k x k average pool after the layer) the forward kernel writes the
+  pooled spikes (a tile holds whole windows; their codes are the window counts) and the
+  backward reads the pooled gradient, 1 / k^2 of it for each spike of the window: the
+  full-size spikes and their gradient are never stored, and no separate pool runs either way.
 
 Arithmetic runs in float32 (float64 for float64 input); z, the spikes and dL/dz keep z's dtype
 (bf16 under autocast). On a CPU the kernels run under the Triton interpreter
@@ -44,6 +48,7 @@ except ImportError:  # CPU-only PyTorch builds ship without Triton
     triton = None
 
 MAX_STEPS = 64  # T is a compile-time constant of the kernels; one compilation per T
+MAX_POOL_WINDOW = 16  # k x k pooling windows the forward kernel sums in its tile (k = 2 or 4)
 # The backward's launch shape (values per tile, resident programs per SM, warps per program):
 # each program keeps a T x tile scratch of surrogate derivatives, so these trade occupancy for
 # scratch that stays in L2. Chosen with scripts/tune_fused.py on an H100 (docs/fast-engine.md).
@@ -110,16 +115,42 @@ if triton is not None:
         tl.store(pm2_ptr + out, m2, mask=cmask)
 
     @triton.jit
-    def _forward_kernel(z_ptr, s_ptr, codes_ptr, mean_ptr, scale_ptr, neuron_ptr, R, C,
-                        T: tl.constexpr, CODES: tl.constexpr, BLOCK_R: tl.constexpr,
-                        BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-        """Spikes into s_ptr and, with CODES, the same spikes as int8 into codes_ptr."""
-        rs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    def _pooled_row(rs, H, W, POOL: tl.constexpr):
+        """The row of the POOL x POOL average-pooled maps that row rs = (b, h, w) falls in."""
+        hw = rs % (H * W)
+        return ((rs // (H * W)) * (H // POOL) + (hw // W) // POOL) * (W // POOL) + (hw % W) // POOL
+
+    @triton.jit
+    def _forward_kernel(z_ptr, s_ptr, codes_ptr, mean_ptr, scale_ptr, neuron_ptr, R, C, H, W,
+                        T: tl.constexpr, CODES: tl.constexpr, POOL: tl.constexpr,
+                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        """Spikes into s_ptr and, with CODES, the same spikes as int8 into codes_ptr. With
+        POOL > 1, both are of the spikes average-pooled over POOL x POOL windows of the H x W
+        maps: the spikes, the window's count divided by POOL^2 (exact); the codes, the count."""
+        WINDOW: tl.constexpr = POOL * POOL
+        OUT_R: tl.constexpr = BLOCK_R // WINDOW  # pooled rows per tile
         cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = cs < C
-        mask = (rs < R)[:, None] & cmask[None, :]
+        if POOL == 1:
+            rs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+            rmask = rs < R
+        else:
+            # tile row i is member i % WINDOW of pooled row i // WINDOW: a tile holds whole windows
+            i = tl.arange(0, BLOCK_R)
+            ps = tl.program_id(0) * OUT_R + i // WINDOW
+            w_out = W // POOL
+            pw = ps % w_out
+            ph = (ps // w_out) % (H // POOL)
+            b = ps // (w_out * (H // POOL))
+            rs = (b * H + ph * POOL + (i % WINDOW) // POOL) * W + pw * POOL + (i % WINDOW) % POOL
+            rmask = ps < R // WINDOW
+            out_rs = tl.program_id(0) * OUT_R + tl.arange(0, OUT_R)
+            out_mask = (out_rs < R // WINDOW)[:, None] & cmask[None, :]
+            out_offs = out_rs.to(tl.int64)[:, None] * C + cs[None, :]
+        mask = rmask[:, None] & cmask[None, :]
         offs = rs.to(tl.int64)[:, None] * C + cs[None, :]
         step = R.to(tl.int64) * C
+        out_step = step // WINDOW
         leak, threshold = tl.load(neuron_ptr), tl.load(neuron_ptr + 1)
         u = tl.zeros([BLOCK_R, BLOCK_C], ACC)
         for t in range(T):
@@ -127,18 +158,27 @@ if triton is not None:
             mean = tl.load(mean_ptr + t * C + cs, mask=cmask, other=0.0)
             scale = tl.load(scale_ptr + t * C + cs, mask=cmask, other=0.0)
             v, fired, u = _lif_update(z, mean[None, :], scale[None, :], u, leak, threshold)
-            tl.store(s_ptr + t * step + offs, fired.to(s_ptr.dtype.element_ty), mask=mask)
-            if CODES:
-                tl.store(codes_ptr + t * step + offs, fired.to(tl.int8), mask=mask)
+            if POOL == 1:
+                tl.store(s_ptr + t * step + offs, fired.to(s_ptr.dtype.element_ty), mask=mask)
+                if CODES:
+                    tl.store(codes_ptr + t * step + offs, fired.to(tl.int8), mask=mask)
+            else:
+                count = tl.sum(tl.reshape(fired.to(tl.int32), (OUT_R, WINDOW, BLOCK_C)), axis=1)
+                tl.store(s_ptr + t * out_step + out_offs,
+                         (count.to(ACC) * (1.0 / WINDOW)).to(s_ptr.dtype.element_ty), mask=out_mask)
+                if CODES:
+                    tl.store(codes_ptr + t * out_step + out_offs, count.to(tl.int8), mask=out_mask)
 
     @triton.jit
     def _backward_scan_kernel(z_ptr, gs_ptr, g_ptr, mean_ptr, scale_ptr, rstd_ptr, psum_ptr,
-                              scratch_ptr, neuron_ptr, R, C, rows_per_split,
+                              scratch_ptr, neuron_ptr, R, C, H, W, rows_per_split,
                               T: tl.constexpr, TRAINING: tl.constexpr, SUMS: tl.constexpr,
-                              BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+                              POOL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                              ACC: tl.constexpr):
         """g = dL/dy into g_ptr (TRAINING; the BatchNorm backward follows), or dL/dz = scale * g
         (eval: the statistics are constants); with SUMS, the per-(t, c) sums of g and g * xhat
-        into psum[2, T, splits, C] (this program's split)."""
+        into psum[2, T, splits, C] (this program's split). With POOL > 1, gs_ptr holds the
+        gradient of the pooled spikes: each of a window's POOL^2 spikes gets 1 / POOL^2 of it."""
         cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
         split = tl.program_id(1)
         n_split = tl.num_programs(1)
@@ -162,6 +202,8 @@ if triton is not None:
             rs = r0 + tl.arange(0, BLOCK_R)
             mask = (rs < r_end)[:, None] & cmask[None, :]
             offs = rs.to(tl.int64)[:, None] * C + cs[None, :]
+            if POOL > 1:
+                gs_rows = _pooled_row(rs, H, W, POOL).to(tl.int64) * C
             # forward again, keeping the surrogate derivative of every step
             u = tl.zeros([BLOCK_R, BLOCK_C], ACC)
             for t in range(T):
@@ -175,7 +217,11 @@ if triton is not None:
             carry = tl.zeros([BLOCK_R, BLOCK_C], ACC)
             for i in range(T):
                 t = T - 1 - i
-                gs = tl.load(gs_ptr + t * step + offs, mask=mask, other=0.0).to(ACC)
+                if POOL == 1:
+                    gs = tl.load(gs_ptr + t * step + offs, mask=mask, other=0.0).to(ACC)
+                else:  # avg pooling's backward, exact: 1 / POOL^2 of the pooled gradient each
+                    gs_at = gs_ptr + t * (step // (POOL * POOL)) + gs_rows[:, None] + cs[None, :]
+                    gs = tl.load(gs_at, mask=mask, other=0.0).to(ACC) * (1.0 / (POOL * POOL))
                 surrogate = tl.load(scratch + t * (BLOCK_R * BLOCK_C))
                 g = tl.where(mask, gs * surrogate + carry, 0.0)  # dL/dv_t = dL/dy_t
                 carry = leak * g
@@ -284,12 +330,14 @@ def batch_stats(z: torch.Tensor):
 
 
 class BNTTLIF(torch.autograd.Function):
-    """spikes [T, R, C] = LIF(BNTT(z)) for contiguous z [T, R, C]; see the module docstring."""
+    """spikes [T, R, C] = LIF(BNTT(z)) for contiguous z [T, R, C]; see the module docstring.
+    With pool = k > 1, z's rows are B maps of `hw` = (H, W) pixels and the spikes come out
+    average-pooled over k x k windows: [T, R / k^2, C]."""
 
     @staticmethod
     def forward(ctx, z, weight, running_mean, running_var, num_batches_tracked,
                 training: bool, momentum: float, eps: float, leak: float, threshold: float,
-                group=None, codes: bool = False):
+                group=None, codes: bool = False, pool: int = 1, hw: tuple = (1, 1)):
         T, R, C = z.shape
         acc = _acc_dtype(z.dtype)
         count = R
@@ -305,15 +353,18 @@ class BNTTLIF(torch.autograd.Function):
             mean, var = running_mean[:T].to(acc), running_var[:T].to(acc)
         rstd = 1.0 / torch.sqrt(var + eps)
         scale = weight[:T].detach().to(acc) * rstd
-        spikes = torch.empty_like(z)
-        int8_spikes = torch.empty_like(z, dtype=torch.int8) if codes else spikes  # unused if not
+        window = pool * pool
+        spikes = z.new_empty((T, R // window, C))
+        # (spikes again when no codes are wanted: the kernel does not write them then)
+        int8_spikes = torch.empty_like(spikes, dtype=torch.int8) if codes else spikes
         block_r, block_c = _tiles(C, 1024, z.device)
+        block_r = max(block_r, window)  # whole windows per tile
         _forward_kernel[(triton.cdiv(R, block_r), triton.cdiv(C, block_c))](
             z, spikes, int8_spikes, mean.contiguous(), scale.contiguous(),
-            _neuron_constants(leak, threshold, z), R, C, T=T, CODES=codes, BLOCK_R=block_r,
-            BLOCK_C=block_c, ACC=getattr(tl, _TL_ACC[acc]))
+            _neuron_constants(leak, threshold, z), R, C, *hw, T=T, CODES=codes, POOL=pool,
+            BLOCK_R=block_r, BLOCK_C=block_c, ACC=getattr(tl, _TL_ACC[acc]))
         ctx.save_for_backward(z, weight, mean, rstd, scale)
-        ctx.settings = (training, leak, threshold, group, count)
+        ctx.settings = (training, leak, threshold, group, count, pool, hw)
         if codes:
             ctx.mark_non_differentiable(int8_spikes)
             return spikes, int8_spikes
@@ -322,7 +373,7 @@ class BNTTLIF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes, *_):
         z, weight, mean, rstd, scale = ctx.saved_tensors
-        training, leak, threshold, group, count = ctx.settings
+        training, leak, threshold, group, count, pool, hw = ctx.settings
         T, R, C = z.shape
         acc = mean.dtype
         tl_acc = getattr(tl, _TL_ACC[acc])
@@ -338,8 +389,8 @@ class BNTTLIF(torch.autograd.Function):
         grad_z = torch.empty_like(z)
         _backward_scan_kernel[grid](
             z, grad_spikes, grad_z, mean, scale, rstd, psum, scratch,
-            _neuron_constants(leak, threshold, z), R, C, rows_per_split,
-            T=T, TRAINING=training, SUMS=sums, BLOCK_R=block_r,
+            _neuron_constants(leak, threshold, z), R, C, *hw, rows_per_split,
+            T=T, TRAINING=training, SUMS=sums, POOL=pool, BLOCK_R=block_r,
             BLOCK_C=block_c, ACC=tl_acc, num_warps=BACKWARD_WARPS)
         grad_weight = None
         if sums:
@@ -356,12 +407,16 @@ class BNTTLIF(torch.autograd.Function):
                 R, C, BLOCK_R=block_r, BLOCK_C=block_c, ACC=tl_acc)
         if not ctx.needs_input_grad[0]:
             grad_z = None
-        return grad_z, grad_weight, None, None, None, None, None, None, None, None, None, None
+        return (grad_z, grad_weight, None, None, None, None, None, None, None, None, None, None,
+                None, None)
 
 
-def bntt_lif(z: torch.Tensor, bntt, neuron, codes: bool = False):
+def bntt_lif(z: torch.Tensor, bntt, neuron, codes: bool = False, pool: int = 1):
     """LIFNeuron(BNTT(z)) for z [T, B, C] or [T, B, C, H, W], with the fused kernels; with
-    codes=True, (spikes, the same spikes as int8), both laid out alike.
+    codes=True, (spikes, the same spikes as int8), both laid out alike. With pool = k > 1 (maps
+    only; k = 2 or 4, H and W multiples of k: `fusable_pool`), the spikes come out
+    k x k average-pooled, [T, B, C, H / k, W / k], as `nn.AvgPool2d(k)` of the spikes would make
+    them, and the codes are the window counts (the pooled spikes times k^2).
 
     The kernels see [T, B*H*W, C]; a channels-last z (what the fused engine feeds its convs)
     is that already, any other layout is copied once.
@@ -369,9 +424,21 @@ def bntt_lif(z: torch.Tensor, bntt, neuron, codes: bool = False):
     T, B, C = z.shape[:3]
     if T > MAX_STEPS:
         raise ValueError(f"the fused kernels handle at most {MAX_STEPS} time steps, got {T}")
+    hw = tuple(z.shape[3:]) if z.dim() == 5 else (1, 1)
+    if pool != 1 and not fusable_pool(pool, hw):
+        raise ValueError(f"the fused kernels pool k x k windows with k^2 a power of two up to "
+                         f"{MAX_POOL_WINDOW} over maps whose sides k divides, not k={pool} over "
+                         f"{'x'.join(map(str, z.shape[3:])) or 'vectors'}")
     rows = z.movedim(2, -1).reshape(T, -1, C).contiguous()
     out = BNTTLIF.apply(rows, bntt.weight, bntt.running_mean, bntt.running_var,
                         bntt.num_batches_tracked, bntt.training, bntt.momentum, bntt.eps,
-                        neuron.leak, neuron.threshold, bntt.sync_group, codes)
-    maps = [o.reshape(T, B, *z.shape[3:], C).movedim(-1, 2) for o in (out if codes else (out,))]
+                        neuron.leak, neuron.threshold, bntt.sync_group, codes, pool, hw)
+    shape = (T, B, *(side // pool for side in z.shape[3:]), C)
+    maps = [o.reshape(shape).movedim(-1, 2) for o in (out if codes else (out,))]
     return tuple(maps) if codes else maps[0]
+
+
+def fusable_pool(k: int, hw: tuple) -> bool:
+    """Whether the kernels can pool k x k windows of H x W maps (`bntt_lif(..., pool=k)`)."""
+    return (k >= 1 and (k * k) & (k * k - 1) == 0 and k * k <= MAX_POOL_WINDOW
+            and len(hw) == 2 and hw[0] % k == 0 and hw[1] % k == 0)

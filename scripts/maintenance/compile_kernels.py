@@ -57,10 +57,13 @@ def ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
 def kernels(steps: int, dtype: str = "bf16"):
     acc = tl.float64 if dtype == "fp64" else tl.float32
     yield fused._stats_kernel, {"BLOCK_R": 64, "BLOCK_C": 64, "ACC": acc}, 4
-    yield fused._forward_kernel, {"T": steps, "CODES": True, "BLOCK_R": 16, "BLOCK_C": 64, "ACC": acc}, 4
-    for training in (True, False):
+    for pool in (1, 2):  # as they are, and with the 2x2 average pool after them
+        yield fused._forward_kernel, {"T": steps, "CODES": True, "POOL": pool, "BLOCK_R": 16,
+                                      "BLOCK_C": 64, "ACC": acc}, 4
+    for training, pool in ((True, 1), (False, 1), (True, 2)):
         yield fused._backward_scan_kernel, {"T": steps, "TRAINING": training, "SUMS": training,
-                                            "BLOCK_R": 8, "BLOCK_C": 64, "ACC": acc}, 4
+                                            "POOL": pool, "BLOCK_R": 8, "BLOCK_C": 64,
+                                            "ACC": acc}, 4
     yield fused._batchnorm_grad_kernel, {"BLOCK_R": 32, "BLOCK_C": 64, "ACC": acc}, 4
 
 
@@ -70,7 +73,7 @@ def main(argv=None):
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp64"])
     args = parser.parse_args(argv)
-    print(f"{'kernel':<22} {'constants':<56} {'regs':>5} {'spill B':>8} {'seconds':>8}")
+    print(f"{'kernel':<22} {'constants':<64} {'regs':>5} {'spill B':>8} {'seconds':>8}")
     for kernel, constants, warps in kernels(args.steps, args.dtype):
         started = time.perf_counter()
         source = triton.compiler.ASTSource(fn=kernel, signature=signature(kernel, constants, args.dtype),
@@ -79,7 +82,7 @@ def main(argv=None):
                                   options={"num_warps": warps})
         regs, spill = ptxas_report(compiled.asm["ptx"], args.arch)
         shown = ",".join(f"{k}={v}" for k, v in constants.items() if k != "ACC")
-        print(f"{kernel.fn.__name__:<22} {shown:<56} {regs:>5} {spill:>8} "
+        print(f"{kernel.fn.__name__:<22} {shown:<64} {regs:>5} {spill:>8} "
               f"{time.perf_counter() - started:>8.1f}")
 
 
