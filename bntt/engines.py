@@ -23,8 +23,9 @@ are their sum over steps divided by T (docs/spec.md, Eq. 10).
   batch 32) took fresh pages at every step. Under autocast the spikes are made in the
   autocast dtype, so the next convolution reads them without a cast. tdBN trains on the
   statistics of all steps at once: its training runs `multistep`.
-- `fused`: `multistep` with BNTT + LIF as one Triton kernel each way, channels-last maps and
-  int8-saving convolutions (bntt/fused/). CUDA only (or the Triton interpreter, for tests).
+- `fused`: `multistep` with BNTT + LIF (and the 2x2 pool after it) as one Triton kernel each
+  way, channels-last maps and int8-saving convolutions (bntt/fused/). CUDA only (or the Triton
+  interpreter, for tests).
 - `auto`: `fused` on CUDA when Triton is available and T fits its kernels; `cpu` on a CPU,
   where it was measured fastest (docs/speed.md, section CPU); `multistep` on other devices.
 

@@ -6,15 +6,15 @@ layer shapes of the paper's networks, and time both, layer by layer.
 
 For every layer (with the 2x2 average pool after it where VGG9 has one, inside the kernels
 against nn.AvgPool2d of the spikes): the fraction of neurons (pooled: windows) whose spike
-train differs anywhere, and max |a - b| /
-max |b| of dL/dz (over the neurons whose spike trains agree: one spike that flips on a rounding
-tie changes that neuron's reset and so its gradient at every later step, which says nothing
-about the kernels), of dL/dgamma and of the running statistics, in float64 (batch 64), float32
-and bf16 (both sides get the same bf16 z); then forward+backward milliseconds of each (CUDA
-events, median of --iters); for the pooled layers also the fused kernels without their pool
-followed by the engine's separate pool (`pool_channels_last`), which is what pooling inside
-the kernels replaces. Last, the whole network: the fused engine against the reference
-engine in float64, where no spike sits on a tie.
+train differs anywhere, and max |a - b| / max |b| of dL/dz (over the neurons whose spike
+trains agree: one spike that flips on a rounding tie changes that neuron's reset and so its
+gradient at every later step, which says nothing about the kernels), of dL/dgamma and of the
+running statistics, in float64 (batch 64), float32 and bf16 (both sides get the same bf16 z);
+then forward+backward milliseconds of each (CUDA events, median of --iters); for the pooled
+layers also the fused kernels without their pool followed by the engine's separate pool
+(`pool_channels_last`), which is what pooling inside the kernels replaces. Last, the whole
+network: the fused engine against the reference engine in float64, where no spike sits on a
+tie.
 """
 import argparse
 import copy
@@ -143,16 +143,14 @@ def main(argv=None):
             rows.append(layer_check(channels, size, pool, steps, n, dtype, device, args.iters))
     print(f"layer shapes of VGG9, T={steps}, batch {batch}, {device}")
     print(f"{'layer':<15} {'dtype':<9} {'batch':>5} {'trains≠':>8} {'dz':>9} {'dgamma':>9} "
-          f"{'run.var':>9} "
-          f"{'fused ms':>9} {'torch ms':>9} {'fused, then pool ms':>20}")
+          f"{'run.var':>9} {'fused ms':>9} {'torch ms':>9} {'fused, then pool ms':>20}")
     for r in rows:
         layer = f"{r['channels']}x{r['size']}x{r['size']}" if r["size"] else f"fc {r['channels']}"
         layer += " +pool" if r["pool"] > 1 else ""
         times = (f"{r['fused_ms']:>9.2f} {r['pytorch_ms']:>9.2f}" if "fused_ms" in r else "")
         times += f" {r['fused_then_pool_ms']:>20.2f}" if "fused_then_pool_ms" in r else ""
         print(f"{layer:<15} {r['dtype']:<9} {r['batch']:>5} {r['neurons_differing']:>8.1e} "
-              f"{r['dz']:>9.1e} "
-              f"{r['dgamma']:>9.1e} {r['running_var']:>9.1e} {times}")
+              f"{r['dz']:>9.1e} {r['dgamma']:>9.1e} {r['running_var']:>9.1e} {times}")
     whole = model_check(device, 4 if args.quick else 8, 4 if args.quick else 32)
     print(f"VGG9 T={4 if args.quick else 8} batch {4 if args.quick else 32}, fused vs reference "
           f"engine, float64: logits {whole['logits']:.1e}, "
