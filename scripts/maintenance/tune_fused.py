@@ -3,7 +3,8 @@
     python scripts/maintenance/tune_fused.py --json tune.json      # GPU only
 
 For every (values per tile, programs per SM, warps) the forward + backward of all eight VGG9
-BNTT layers (T=25, batch 256) is timed in bf16 and float32 (CUDA events, median of --iters);
+BNTT layers (T=25, batch 256; the three with a pool after them pooled inside the kernels, as
+the fused engine runs them) is timed in bf16 and float32 (CUDA events, median of --iters);
 the table is sorted by the bf16 total. The chosen shape is bntt/fused/kernels.py's
 BACKWARD_TILE, PROGRAMS_PER_SM and BACKWARD_WARPS.
 """
@@ -17,19 +18,23 @@ import torch
 
 from bntt import BNTT, LIFNeuron
 from bntt.fused import kernels
+from bntt.fused.engine import pool_size
 from bntt.models import build_model
 
 
 def layer_inputs(steps, batch, dtype, device):
     g = torch.Generator(device=device).manual_seed(0)
     out = []
-    for channels, size in build_model("vgg9", num_steps=steps).neuron_shapes:
+    model = build_model("vgg9", num_steps=steps)
+    for (channels, size), (_, _, pool) in zip(model.neuron_shapes, model.spiking_layers()):
+        k = pool_size(pool) or 1
         shape = (steps, batch, channels) + ((size, size) if size else ())
         z = (torch.randn(shape, device=device, generator=g) * 2 + 0.3).to(dtype)
         if size:
             z = z.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, shape[:2])
-        grad = torch.randn(shape, device=device, generator=g).to(dtype)
-        out.append((z, grad, BNTT(channels, steps).to(device)))
+        pooled = shape[:3] + ((size // k, size // k) if size else ())
+        grad = torch.randn(pooled, device=device, generator=g).to(dtype)
+        out.append((z, grad, BNTT(channels, steps).to(device), k))
     return out
 
 
@@ -37,8 +42,8 @@ def total_ms(layers, iters):
     neuron = LIFNeuron(leak=0.95)
 
     def once():
-        for z, grad, bn in layers:
-            kernels.bntt_lif(z.requires_grad_(), bn, neuron).backward(grad)
+        for z, grad, bn, pool in layers:
+            kernels.bntt_lif(z.requires_grad_(), bn, neuron, pool=pool).backward(grad)
             z.grad = None
 
     once()  # compile this launch shape
