@@ -88,6 +88,13 @@ CIFAR_DAMAGE = {
     "more labels than images": lambda raw: py2_pickle(cifar_entry(labels=[0, 1, 2, 3, 4])),
     "text labels": lambda raw: py2_pickle(cifar_entry(labels=[b"cat"] * 4)),
     "nested labels": lambda raw: py2_pickle(cifar_entry(labels=[[0], [1], [2], [3]])),
+    # the right number of values in the wrong layout, each of which reshapes into 4 images
+    "two images per row": lambda raw: py2_pickle(cifar_entry(
+        data=cifar_images(4, 0).reshape(2, 2 * 3072))),
+    "rows transposed": lambda raw: py2_pickle(cifar_entry(
+        data=np.ascontiguousarray(cifar_images(4, 0).reshape(4, 3072).T))),
+    "one flat row": lambda raw: py2_pickle(cifar_entry(data=cifar_images(4, 0).reshape(-1))),
+    "images as [N, 3, 32, 32]": lambda raw: py2_pickle(cifar_entry(data=cifar_images(4, 0))),
 }
 
 
@@ -232,7 +239,122 @@ def test_images_and_labels_count_mismatch(tmp_path, monkeypatch):
     assert "train" in message and "3 images" in message and "2 labels" in message
 
 
-# -- 5. end to end: nothing written ----------------------------------------------------------
+# -- 5. shapes: what the network of the dataset is built for ----------------------------------
+
+def write_mnist_format(folder, shapes=None):
+    """The four IDX files of an MNIST-format folder, uncompressed; `shapes` overrides the
+    array written to a file (by stem), pixels 1..255 and labels 0..9 whatever the shape."""
+    folder.mkdir(parents=True, exist_ok=True)
+    normal = {"train-images-idx3-ubyte": (6, 28, 28), "train-labels-idx1-ubyte": (6,),
+              "t10k-images-idx3-ubyte": (3, 28, 28), "t10k-labels-idx1-ubyte": (3,)}
+    normal.update(shapes or {})
+    for stem, shape in normal.items():
+        values = np.arange(int(np.prod(shape))).reshape(shape)
+        fixture_write_idx(folder / stem, values % 10 if "labels" in stem else values % 255 + 1,
+                          compress=False)
+    return folder
+
+
+# (dataset, the folder inside data_dir its files are read from)
+MNIST_FORMAT = [("fashionmnist", "fashion-mnist"), ("seqfashionmnist", "fashion-mnist"),
+                ("seqmnist", "mnist")]
+WRONG_SHAPES = {
+    "train images 30x30": ("train-images-idx3-ubyte", (6, 30, 30), "[6, 30, 30]"),
+    "test images 28x27": ("t10k-images-idx3-ubyte", (3, 28, 27), "[3, 28, 27]"),
+    "test images flattened": ("t10k-images-idx3-ubyte", (3, 784), "[3, 784]"),
+    "train images with a channel axis": ("train-images-idx3-ubyte", (6, 1, 28, 28),
+                                         "[6, 1, 28, 28]"),
+    "test labels [N, 1]": ("t10k-labels-idx1-ubyte", (3, 1), "[3, 1]"),
+}
+
+
+@pytest.mark.parametrize("wrong", list(WRONG_SHAPES))
+@pytest.mark.parametrize("name,subfolder", MNIST_FORMAT)
+def test_idx_file_of_the_wrong_shape_is_one_line_naming_it(tmp_path, name, subfolder, wrong):
+    stem, shape, shown = WRONG_SHAPES[wrong]
+    folder = write_mnist_format(tmp_path / subfolder, {stem: shape})
+    message = one_line_error(name, tmp_path, folder / stem)
+    assert f"holds an array of shape {shown}, not the [N" in message
+
+
+def test_idx_images_and_labels_that_do_not_pair_name_both_files(tmp_path):
+    folder = write_mnist_format(tmp_path / "fashion-mnist", {"t10k-labels-idx1-ubyte": (4,)})
+    message = one_line_error("fashionmnist", tmp_path, folder)
+    assert "t10k-images-idx3-ubyte holds 3 images, t10k-labels-idx1-ubyte 4 labels" in message
+
+
+U8, I64 = torch.uint8, torch.int64
+
+
+@pytest.mark.parametrize("name,good,num_steps,split,sample,labels,shown", [
+    ("cifar10", (3, 32, 32), None, "train", ((4, 1, 32, 32), U8), ((4,), I64), "uint8 [4, 1, 32, 32]"),
+    ("cifar10", (3, 32, 32), None, "test", ((4, 3, 32, 32), torch.float32), ((4,), I64),
+     "float32 [4, 3"),
+    ("fashionmnist", (1, 32, 32), None, "test", ((4, 1, 28, 28), U8), ((4,), I64), "[4, 1, 28, 28]"),
+    ("seqmnist", (1, 28, 28), None, "train", ((4, 1, 32, 32), U8), ((4,), I64), "[4, 1, 32, 32]"),
+    ("tinyimagenet", (3, 64, 64), None, "test", ((4, 3, 32, 32), U8), ((4,), I64), "[4, 3, 32, 32]"),
+    ("cifar10dvs", (2, 2, 48, 48), 2, "test", ((4, 3, 2, 48, 48), U8), ((4,), I64),
+     "[4, 3, 2, 48, 48]"),
+    ("cifar10dvs", (2, 2, 48, 48), None, "train", ((4, 2, 2, 64, 64), U8), ((4,), I64),
+     "[4, 2, 2, 64, 64]"),
+    ("cifar10", (3, 32, 32), None, "test", ((4, 3, 32, 32), U8), ((4,), torch.int32), "int32 [4]"),
+    ("cifar10", (3, 32, 32), None, "train", ((4, 3, 32, 32), U8), ((4, 1), I64), "int64 [4, 1]"),
+])
+def test_arrays_of_another_shape_than_the_dataset_are_refused(name, good, num_steps, split,
+                                                              sample, labels, shown):
+    """The check every reader's arrays pass in load_arrays, whatever the reader."""
+    steps = [num_steps] if num_steps else []  # T is checked only where it is known
+    arrays = [torch.zeros((4, *good), dtype=U8), torch.zeros(4, dtype=I64)] * 2
+    data.check_arrays(name, "somewhere", arrays, *steps)
+    at = 0 if split == "train" else 2
+    arrays[at] = torch.zeros(sample[0], dtype=sample[1])
+    arrays[at + 1] = torch.zeros(labels[0], dtype=labels[1])
+    with pytest.raises(DataUnavailable) as err:
+        data.check_arrays(name, "somewhere", arrays, *steps)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{name} {split} ")
+    assert "in somewhere" in message and shown in message
+
+
+def _train_and_evaluate_argv(name, data_dir, out, tmp_path):
+    """train.py's and evaluate.py's arguments for a tiny run of dataset `name`; evaluate.py
+    scores a checkpoint as the authors' train.py writes it (weights only)."""
+    from bntt.models import build_for_dataset
+    arch, steps = ("fc", "28") if data.dataset_info(name).kind == "sequence" else ("vgg9", "1")
+    model = build_for_dataset(arch, name, int(steps), 0.95,
+                              **({"fc_hidden": (8,)} if arch == "fc" else {}))
+    checkpoint = tmp_path / "authors.pt"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    common = ["--dataset", name, "--data_dir", str(data_dir), "--device", "cpu",
+              "--num_workers", "0", "--batch_size", "2", "--out_dir", str(out)]
+    return ([*common, "--arch", arch, "--num_steps", steps, "--num_epochs", "1"]
+            + (["--fc_hidden", "8"] if arch == "fc" else []),
+            [*common, "--checkpoint", str(checkpoint), "--leak_mem", "0.95", "--no_plots"])
+
+
+@pytest.mark.parametrize("program", ["train", "evaluate"])
+@pytest.mark.parametrize("name,subfolder", MNIST_FORMAT)
+def test_cli_test_images_of_the_wrong_shape_exit_2_before_writing(tmp_path, capsys, monkeypatch,
+                                                                  name, subfolder, program):
+    """Only the test file is wrong: found when the datasets are built, not after an epoch of
+    training (train.py) or at the first batch (evaluate.py), and no folder is made."""
+    import evaluate
+    import train
+    monkeypatch.setenv("BNTT_OFFLINE", "1")
+    folder = write_mnist_format(tmp_path / "data" / subfolder,
+                                {"t10k-images-idx3-ubyte": (3, 28, 30)})
+    out = tmp_path / "out"
+    argv = _train_and_evaluate_argv(name, tmp_path / "data", out, tmp_path)
+    cli = train.cli if program == "train" else evaluate.cli
+    code = cli(argv[0] if program == "train" else argv[1])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith(f"{program}.py: error: ")
+    assert f"{folder / 't10k-images-idx3-ubyte'} holds an array of shape [3, 28, 30]" in err
+    assert not out.exists()
+
+
+# -- 6. end to end: nothing written ----------------------------------------------------------
 
 def test_train_cli_bad_label_exits_2_and_writes_nothing(tmp_path, capsys, monkeypatch):
     import train

@@ -6,9 +6,10 @@ served as float images with the CIFAR recipe of the paper (random 32x32 crop of 
 normalisation only for testing. Fashion-MNIST is zero-padded from 28x28 to 32x32 with one
 channel, then follows the same recipe.
 
-A dataset that is missing, damaged or inconsistent (a label outside the classes) raises
-`DataUnavailable` with one line saying which file is at fault, or where the files must be and how
-to get them; nothing is written in that case.
+A dataset that is missing, damaged or inconsistent (a label outside the classes, images of
+another size than the dataset's, in either split) raises `DataUnavailable` with one line saying
+which file is at fault, or where the files must be and how to get them, when the dataset is
+built; nothing is written in that case.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+MNIST_SIZE = 28  # the height and width of every MNIST-format image, Fashion-MNIST's too
 OFFLINE_ENV = "BNTT_OFFLINE"  # set to 1 to never try a download
 
 
@@ -157,15 +159,24 @@ def mnist_folder(data_dir: Path) -> Path | None:
 
 def load_fashion_mnist(folder: Path, pad: int = 2):
     """Both splits of an MNIST-format folder: uint8 [N, 1, 28 + 2 pad, ...] and int64 labels
-    (pad 2: zero-padded to 32x32, the size of the paper's networks)."""
+    (pad 2: zero-padded to 32x32, the size of the paper's networks). Each file's shape is
+    checked here, so that a wrong one is named before training starts rather than found as a
+    shape mismatch at the first batch (or after an epoch, for the test files)."""
     splits = []
     for split in ("train", "test"):
-        images_stem, labels_stem = FASHION_MNIST_FILES[split]
-        images = read_idx(_find_idx(folder, images_stem))
-        labels = read_idx(_find_idx(folder, labels_stem))
-        if images.ndim != 3 or labels.shape != (images.shape[0],):
-            raise DataUnavailable(f"{split} files in {folder} do not match: "
-                                  f"images {images.shape}, labels {labels.shape}")
+        images_path, labels_path = (_find_idx(folder, s) for s in FASHION_MNIST_FILES[split])
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.ndim != 3 or images.shape[1:] != (MNIST_SIZE, MNIST_SIZE):
+            raise DataUnavailable(f"{images_path} holds an array of shape {list(images.shape)}, "
+                                  f"not the [N, {MNIST_SIZE}, {MNIST_SIZE}] images of an "
+                                  "MNIST-format image file")
+        if labels.ndim != 1:
+            raise DataUnavailable(f"{labels_path} holds an array of shape {list(labels.shape)}, "
+                                  "not the [N] labels of an MNIST-format label file")
+        if len(labels) != len(images):
+            raise DataUnavailable(f"{split} files in {folder} do not match: {images_path.name} "
+                                  f"holds {len(images)} images, {labels_path.name} "
+                                  f"{len(labels)} labels")
         images = np.pad(images, ((0, 0), (pad, pad), (pad, pad)))[:, None]
         splits += [torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))]
     return tuple(splits)
@@ -244,8 +255,10 @@ def _read_cifar_file(path: Path, label_key: str):
         if key not in entry:
             raise bad(f"it has no {key!r} entry")
     images = entry["data"]
-    if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim == 0
-            or images.size % CIFAR_ROW):
+    # Rows exactly, not any array of a multiple of the size: a transposed or merged array
+    # would reshape into as many images of scrambled pixels.
+    if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2
+            or images.shape[1] != CIFAR_ROW):
         shown = (f"a {images.dtype} array of shape {images.shape}"
                  if isinstance(images, np.ndarray) else f"a {type(images).__name__}")
         raise bad(f"'data' is {shown}, not uint8 rows of {CIFAR_ROW} values")
@@ -337,12 +350,36 @@ def _fetch_idx(torchvision_class: str, folder_name: str):
 _fetch_fashion_mnist = _fetch_idx("FashionMNIST", "fashion-mnist")
 
 
-def check_arrays(name: str, where, arrays) -> None:
-    """Images and labels pair up and every label names one of the dataset's classes: a label
-    past the classifier's outputs would otherwise fail deep in training, or pass silently as
-    a negative index, after the run folder was written."""
+def sample_shape(name: str, num_steps: int | None = None) -> tuple:
+    """The shape of one stored sample of dataset `name`: [C, H, W] for images and sequences,
+    [T, C, H, W] for event frames (T = `num_steps`, None where it is not known)."""
+    info = dataset_info(name)
+    shape = (info.in_channels, info.img_size, info.img_size)
+    return (num_steps, *shape) if info.kind == "frames" else shape
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def check_arrays(name: str, where, arrays, num_steps: int | None = None) -> None:
+    """Both splits are what the network of the dataset is built for: uint8 samples of the
+    dataset's shape (`sample_shape`), int64 labels [N] as many as the samples, and every label
+    one of the dataset's classes. Any of these would otherwise fail deep in training (a shape
+    at the first batch, the test set's after a whole epoch), or pass silently as a negative
+    index, after the run folder was written."""
     num_cls = dataset_info(name).num_cls
+    expected = sample_shape(name, num_steps)
+    shown = ", ".join("T" if size is None else str(size) for size in expected)
     for split, images, labels in (("train", *arrays[:2]), ("test", *arrays[2:])):
+        shape = tuple(images.shape[1:])
+        if (images.dtype != torch.uint8 or len(shape) != len(expected)
+                or any(e is not None and e != s for e, s in zip(expected, shape))):
+            raise DataUnavailable(f"{name} {split} samples in {where} are {_dtype(images)} "
+                                  f"{list(images.shape)}, not the uint8 [N, {shown}] of {name}")
+        if labels.dtype != torch.int64 or labels.dim() != 1:
+            raise DataUnavailable(f"{name} {split} labels in {where} are {_dtype(labels)} "
+                                  f"{list(labels.shape)}, not int64 [N]")
         if len(images) != len(labels):
             raise DataUnavailable(f"{name} {split} set in {where} has {len(images)} images but "
                                   f"{len(labels)} labels")
@@ -358,7 +395,7 @@ def load_arrays(name: str, data_dir, download: bool = False, num_steps: int | No
     """(train samples, train labels, test samples, test labels): uint8 [N, C, H, W] images (or
     [N, T, C, H, W] event frames, `num_steps` of them) and int64 labels [N]."""
     arrays, where = _read_arrays(name, Path(data_dir), download, num_steps)
-    check_arrays(name, where, arrays)
+    check_arrays(name, where, arrays, num_steps)
     return arrays
 
 
