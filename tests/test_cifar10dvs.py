@@ -1,6 +1,7 @@
 """CIFAR10-DVS: AEDAT 2.0 decoding with SpikingJelly's orientation, binning into frames, area
 downsampling, the per-class split, the fingerprinted cache, one-line errors for damaged files,
 and FrameDataset's input spikes and augmentation. All on tiny hand-written .aedat files."""
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -260,6 +261,21 @@ def test_damaged_cache_is_rebuilt(tmp_path, damage):
     assert np.array_equal(np.load(path), first[0].numpy())
 
 
+def test_cache_of_another_shape_is_rebuilt(tmp_path):
+    """A cache whose fingerprint and checksums match but whose frames are not [N, steps, 2,
+    size, size] (written by hand, or by another version) is not served."""
+    root = write_tree(tmp_path)
+    first = load(tmp_path)
+    stem = root / "bntt-cache" / "train_T2_S64_count"
+    frames = np.ascontiguousarray(np.load(f"{stem}.npy")[:, :1])
+    np.save(f"{stem}.npy", frames)
+    meta = json.loads(Path(f"{stem}.json").read_text())
+    meta.update(frames_shape=list(frames.shape), frames_crc32=dvs._crc(frames))
+    Path(f"{stem}.json").write_text(json.dumps(meta))
+    for a, b in zip(load(tmp_path), first):
+        assert torch.equal(a, b)
+
+
 def test_zip_per_class_layout(tmp_path):
     write_tree(tmp_path / "folders")
     write_tree(tmp_path / "zips", zipped=CLASSES[::2])
@@ -299,6 +315,121 @@ def test_damaged_zip_names_it(tmp_path):
 def test_too_few_recordings_for_the_split(tmp_path):
     root = write_tree(tmp_path)
     one_line(lambda: load(tmp_path, test_per_class=3), root / "airplane", "3 airplane recordings")
+
+
+# -- sizes, and events that are no recording ---------------------------------------------------
+
+def events_of_zeros(total: int) -> bytes:
+    """An AEDAT header, then zero bytes (whole events) to at least `total` bytes in all."""
+    body = -(-(total - len(HEADER)) // 8) * 8
+    return HEADER + bytes(body)
+
+
+def add_to_zip(path, member, raw, method=zipfile.ZIP_DEFLATED):
+    with zipfile.ZipFile(path, "a", method) as z:
+        z.writestr(member, raw)
+
+
+def peak_traced_bytes(call):
+    """Run call() (it must raise DataUnavailable) and return the peak of the memory Python and
+    NumPy allocated meanwhile, and the one-line message."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataUnavailable) as err:
+            call()
+        return tracemalloc.get_traced_memory()[1], str(err.value)
+    finally:
+        tracemalloc.stop()
+
+
+def test_zip_member_declaring_more_than_the_limit_is_refused_unread(tmp_path):
+    """A zip of a few hundred KB whose member expands past MAX_RECORDING_BYTES: refused from
+    the size its zip entry declares, before it is decompressed."""
+    root = write_tree(tmp_path, zipped=("cat",))
+    add_to_zip(root / "cat.zip", "cat/cifar10_cat_5.aedat",
+               events_of_zeros(dvs.MAX_RECORDING_BYTES + 1))
+    assert (root / "cat.zip").stat().st_size < 100_000
+    peak, message = peak_traced_bytes(lambda: load(tmp_path))
+    assert peak < 1_000_000, peak
+    assert "\n" not in message and "MAX_RECORDING_BYTES" in message
+    assert message.startswith(f"{root / 'cat.zip'}:cat/cifar10_cat_5.aedat declares ")
+    assert not (root / "bntt-cache").exists()
+
+
+def test_file_larger_than_the_limit_is_refused_unread(tmp_path):
+    root = write_tree(tmp_path)
+    path = root / "deer" / "cifar10_deer_5.aedat"
+    with open(path, "wb") as f:  # sparse: the disk holds the header only
+        f.write(HEADER)
+        f.truncate(dvs.MAX_RECORDING_BYTES + 8)
+    for call in (lambda: load(tmp_path), lambda: read_aedat(path)):
+        peak, message = peak_traced_bytes(call)
+        assert peak < 1_000_000, peak
+        assert message.startswith(f"{path} is {dvs.MAX_RECORDING_BYTES + 8} bytes, more than")
+        assert "MAX_RECORDING_BYTES" in message
+
+
+def declare_size(path, member, size):
+    """Rewrite the uncompressed size that `path`'s local header and central directory declare
+    for `member` (a zip without data descriptors)."""
+    raw = bytearray(path.read_bytes())
+    name = member.encode()
+    with zipfile.ZipFile(path) as z:
+        local = z.getinfo(member).header_offset
+    assert raw[local:local + 4] == b"PK\x03\x04" and raw[local + 30:local + 30 + len(name)] == name
+    raw[local + 22:local + 26] = size.to_bytes(4, "little")
+    central = raw.index(b"PK\x01\x02")
+    while raw[central + 46:central + 46 + len(name)] != name:
+        central = raw.index(b"PK\x01\x02", central + 4)
+    raw[central + 24:central + 28] = size.to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+
+
+def test_zip_member_understating_its_size_is_read_no_further(tmp_path):
+    root = write_tree(tmp_path, zipped=("dog",))
+    member = "dog/cifar10_dog_5.aedat"
+    add_to_zip(root / "dog.zip", member, recording(5, 5, events=1_000_000))  # 8 MB
+    declare_size(root / "dog.zip", member, 800)
+    with zipfile.ZipFile(root / "dog.zip") as z:
+        assert z.getinfo(member).file_size == 800
+    peak, message = peak_traced_bytes(lambda: load(tmp_path))
+    assert peak < 4_000_000, peak  # the recordings parsed before it; the member is 8 MB
+    assert message.startswith(f"{root / 'dog.zip'}:{member} cannot be read (BadZipFile")
+
+
+def test_zip_member_of_a_method_read_without_a_bound_is_refused_unread(tmp_path):
+    """bzip2 decompresses a whole chunk at once in zipfile: a 45-byte member declaring 800
+    bytes would expand to 16 MiB in memory before the declared size is looked at."""
+    root = write_tree(tmp_path, zipped=("frog",))
+    member = "frog/cifar10_frog_5.aedat"
+    add_to_zip(root / "frog.zip", member, events_of_zeros(16 * 2**20), zipfile.ZIP_BZIP2)
+    declare_size(root / "frog.zip", member, 800)
+    peak, message = peak_traced_bytes(lambda: load(tmp_path))
+    assert peak < 1_000_000, peak
+    assert message == (f"{root / 'frog.zip'}:{member} is compressed with zip method 12; only "
+                       f"stored and deflated members are read here: unpack {root / 'frog.zip'} "
+                       "with another tool into its class folder")
+
+
+@pytest.mark.parametrize("zipped", [False, True], ids=["folder", "zip"])
+@pytest.mark.parametrize("body,says", [
+    (bytes(800), "holds no events: its 800 bytes of events are all zero"),
+    (b"\xff" * 800, "holds no valid events: all 100 of them carry the timestamp 4294967295"),
+    (np.stack([address(np.arange(5), np.arange(5), np.ones(5, dtype=int)), np.full(5, 7)],
+              axis=1).astype(">u4").tobytes(),
+     "holds no valid events: all 5 of them carry the timestamp 7"),
+])
+def test_recording_without_valid_events_is_refused(tmp_path, zipped, body, says):
+    root = write_tree(tmp_path, zipped=("ship",) if zipped else ())
+    if zipped:
+        add_to_zip(root / "ship.zip", "ship/cifar10_ship_5.aedat", HEADER + body)
+        name = f"{root / 'ship.zip'}:ship/cifar10_ship_5.aedat"
+    else:
+        name = root / "ship" / "cifar10_ship_5.aedat"
+        name.write_bytes(HEADER + body)
+    assert says in one_line(lambda: load(tmp_path), name)
+    assert not (root / "bntt-cache").exists()
 
 
 # -- FrameDataset ----------------------------------------------------------------------------
@@ -371,8 +502,6 @@ def test_frame_dataset_augmentation_is_fixed_by_seed_epoch_and_sample():
 def test_registry_split_is_the_last_tenth_and_train_py_runs_one_epoch(tmp_path):
     """The dataset as train.py reads it (VGG9 on 2 x 48 x 48 frames, `--dataset cifar10dvs`):
     the last tenth of each class (here 1 of 3) is the test set."""
-    import json
-
     import train
     from bntt.data import load_arrays
     write_tree(tmp_path)

@@ -45,15 +45,25 @@ fingerprint of the sources (their sorted relative paths, sizes and mtime_ns, and
 the split included) and CRC-32s of both arrays. Each file is written atomically, the .json last;
 a cache whose fingerprint differs, or that is truncated or corrupt, is rebuilt.
 
-A missing or damaged source (an unreadable zip, an .aedat file cut short, with no events, or with
-no end of header) raises `DataUnavailable` with one line naming the file, or saying where the
-files go.
+A missing or damaged source (an unreadable zip, an .aedat file cut short, with no events, with
+no valid events (all zero bytes, or every event at one timestamp), or with no end of header)
+raises `DataUnavailable` with one line naming the file, or saying where the files go.
+
+Size. A recording is refused, with one line naming the file (or the zip and its member), when it
+is larger than `MAX_RECORDING_BYTES` (32 MiB): a zip member by the size its zip entry declares,
+before anything of it is decompressed. A member is then decompressed no further than one byte
+past that size, so one whose entry understates its size cannot expand in memory (it fails its
+CRC check instead). Only stored and deflated zip members are read (the release's zips are
+deflated; zipfile decompresses the others a whole chunk at a time, however large it expands):
+unpack such a zip with another tool into its class folder. Files that are not regular files
+(a FIFO, a device) are skipped, however they are named.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
+import os
 import re
 import warnings
 import zipfile
@@ -79,6 +89,12 @@ CACHE_FOLDER = "bntt-cache"
 CACHE_VERSION = 1  # bump when the frames' meaning changes, so old caches are rebuilt
 DEFAULT_STEPS, DEFAULT_SIZE, DEFAULT_TEST_PER_CLASS = 20, 48, 100
 
+# A CIFAR10-DVS recording is a few hundred KB to a few MB of 8-byte events, and parsing one
+# takes about ten times its size in memory. Several times the largest recording, yet small
+# enough that a file or zip member at the limit parses in a few hundred MB: anything larger is
+# damaged or not a recording, and a small zip must not expand into gigabytes.
+MAX_RECORDING_BYTES = 32 * 2**20
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 _MAGIC = b"#!AER-DAT"
 _RECORDING = re.compile(r"cifar10_([a-z]+)_(\d+)\.aedat")
 _WHERE = ('download the ten per-class zips of the "CIFAR10-DVS" release on figshare '
@@ -116,8 +132,15 @@ def parse_aedat(data: bytes, name) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         raise DataUnavailable(f"{name} is truncated: {body} bytes of events is not a whole "
                               "number of 8-byte events; replace it with an intact copy")
     words = np.frombuffer(data, dtype=">u4", offset=pos).reshape(-1, 2)
+    if not words.any():  # space reserved for the file and never written
+        raise DataUnavailable(f"{name} holds no events: its {body} bytes of events are all zero; "
+                              "replace it with an intact copy")
     addr = words[:, 0].astype(np.int64)
     t = words[:, 1].astype(np.int64)
+    if len(t) > 1 and t.min() == t.max():  # a recording's events span its duration
+        raise DataUnavailable(f"{name} holds no valid events: all {len(t)} of them carry the "
+                              f"timestamp {t[0]}, as no recording does; replace it with an "
+                              "intact copy")
     sensor_col = (addr & 0xFE) >> 1
     sensor_row = (addr & 0x7F00) >> 8
     # SpikingJelly's orientation (see the module docstring): upright images, 1 = ON.
@@ -132,10 +155,42 @@ def read_aedat(path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     ON and 0 for OFF, t in microseconds."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = _read_file(path)
     except OSError as exc:
         raise DataUnavailable(f"{path} cannot be read ({_first_line(exc)})") from None
     return parse_aedat(data, path)
+
+
+def _too_large(name, size: str) -> DataUnavailable:
+    return DataUnavailable(f"{name} {size}, more than the {MAX_RECORDING_BYTES} bytes "
+                           "(MAX_RECORDING_BYTES) any CIFAR10-DVS recording fits in; replace it "
+                           "with an intact copy")
+
+
+def _read_file(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_RECORDING_BYTES:
+            raise _too_large(path, f"is {size} bytes")
+        # The size as found, not the limit: read(n) allocates n bytes before it reads. One
+        # byte more tells a file that grew since from one that did not.
+        data = f.read(size + 1)
+    if len(data) > size:
+        raise DataUnavailable(f"{path} grew while it was read; run again once it is complete")
+    return data
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> bytes:
+    """The member's bytes, at most its declared size (checked against MAX_RECORDING_BYTES when
+    listed). Not archive.read(info): it decompresses a deflated member whole before cutting it
+    to the declared size, so a member whose entry understates its size expands in memory;
+    read(n) decompresses about n bytes."""
+    with archive.open(info) as f:
+        data = f.read(info.file_size + 1)
+    if len(data) > info.file_size:
+        raise DataUnavailable(f"{name} holds more than the {info.file_size} bytes its zip entry "
+                              "declares; replace the zip with an intact copy")
+    return data
 
 
 def events_to_frames(x, y, p, t, steps: int, mode: str = "count") -> np.ndarray:
@@ -211,9 +266,11 @@ def _folder_recordings(folder: Path, label: int) -> tuple[list[Recording], list]
         if not match or match.group(1) != CLASSES[label] or not path.is_file():
             continue
         st = path.stat()
+        if st.st_size > MAX_RECORDING_BYTES:
+            raise _too_large(path, f"is {st.st_size} bytes")
         stats.append((f"{folder.name}/{path.name}", st.st_size, st.st_mtime_ns))
         recordings.append(Recording(label, int(match.group(2)), str(path), folder,
-                                    path.read_bytes))
+                                    lambda path=path: _read_file(path)))
     return recordings, stats
 
 
@@ -231,8 +288,17 @@ def _zip_recordings(path: Path, label: int, stack: ExitStack) -> list[Recording]
         if (not match or match.group(1) != CLASSES[label] or info.is_dir()
                 or info.filename.startswith("__MACOSX/")):
             continue
-        recordings.append(Recording(label, int(match.group(2)), f"{path}:{info.filename}",
-                                    path, lambda info=info: archive.read(info)))
+        name = f"{path}:{info.filename}"
+        # Checked from the zip's directory, before a byte of the member is decompressed.
+        if info.file_size > MAX_RECORDING_BYTES:
+            raise _too_large(name, f"declares {info.file_size} bytes uncompressed")
+        if info.compress_type not in _ZIP_METHODS or info.flag_bits & 0x1:
+            how = ("encrypted" if info.flag_bits & 0x1
+                   else f"compressed with zip method {info.compress_type}")
+            raise DataUnavailable(f"{name} is {how}; only stored and deflated members are read "
+                                  f"here: unpack {path} with another tool into its class folder")
+        recordings.append(Recording(label, int(match.group(2)), name, path,
+                                    lambda info=info, name=name: _read_member(archive, info, name)))
     return recordings
 
 
@@ -295,8 +361,12 @@ def _crc(array: np.ndarray) -> int:
     return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"))
 
 
-def _read_cached_split(cache: Path, stem: str, fingerprint: str):
-    """(frames, labels) if the cache of this split is complete, intact and current, else None."""
+def _read_cached_split(cache: Path, stem: str, fingerprint: str, sample: tuple):
+    """(frames, labels) if the cache of this split is complete, intact and current, and its
+    frames are of shape [N, *sample], else None."""
+    names = (f"{stem}.json", f"{stem}.npy", f"{stem}_labels.npy")
+    if not all((cache / name).is_file() for name in names):  # a FIFO there would block a read
+        return None
     try:
         meta = json.loads((cache / f"{stem}.json").read_text())
         if meta.get("fingerprint") != fingerprint:
@@ -305,7 +375,7 @@ def _read_cached_split(cache: Path, stem: str, fingerprint: str):
         labels = np.load(cache / f"{stem}_labels.npy", allow_pickle=False)
     except Exception:  # missing, truncated or garbled: any of these means rebuild
         return None
-    if (frames.dtype != np.uint8 or labels.dtype != np.int64
+    if (frames.dtype != np.uint8 or labels.dtype != np.int64 or frames.shape[1:] != sample
             or list(frames.shape) != meta.get("frames_shape") or labels.shape != frames.shape[:1]
             or _crc(frames) != meta.get("frames_crc32") or _crc(labels) != meta.get("labels_crc32")):
         return None
@@ -346,7 +416,8 @@ def load_cifar10_dvs(data_dir, steps: int = DEFAULT_STEPS, size: int = DEFAULT_S
     with ExitStack() as stack:
         per_class, stats = find_recordings(root, stack)
         fingerprint = _fingerprint(stats, steps, size, mode, test_per_class)
-        cached = [_read_cached_split(cache, stems[split], fingerprint) for split in stems]
+        cached = [_read_cached_split(cache, stems[split], fingerprint, (steps, 2, size, size))
+                  for split in stems]
         if all(c is not None for c in cached):
             arrays = cached
         else:
