@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from bntt import early_exit
+from bntt.analysis import check_out_dir, make_out_dir
 from bntt.ann import ANN_ARCHS
 from bntt.checkpoint import checkpoint_file, write_atomic
 from bntt.cli import (UsageError, autocast, check_scoring_flags, pick_device, pyplot,
@@ -148,14 +149,6 @@ def csv_bytes(rows: list) -> bytes:
     return buf.getvalue().encode()
 
 
-def make_out_dir(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the output folder {out_dir}: "
-                         f"{exc.strerror or exc.__class__.__name__}") from None
-
-
 def write_outputs(report: dict, layers: list, out_dir: Path, plots: bool) -> list:
     files = {
         "early_exit.json": (json.dumps(report, indent=2) + "\n").encode(),
@@ -235,8 +228,7 @@ def main(argv=None) -> int:
     check_scoring_flags(args)
     source = checkpoint_file(args.checkpoint)
     out_dir = Path(args.out_dir) if args.out_dir else source.parent / "early_exit"
-    if out_dir.exists() and not out_dir.is_dir():  # found before the long pass, not after it
-        raise UsageError(f"--out_dir {out_dir} is a file, not a folder")
+    check_out_dir(out_dir)  # before the long pass, not after it
     device = pick_device(args.device)
     trained = load_trained(source, args.dataset, args.leak_mem)
     if trained.arch in ANN_ARCHS:

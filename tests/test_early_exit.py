@@ -144,3 +144,14 @@ def test_evaluate_bad_input(trained_run, tmp_path, capsys):
     code, _ = err(["--checkpoint", str(authors), "--leak_mem", "0.95", "--dataset", "fashionmnist_subset",
                    "--test_samples", "16", "--out_dir", str(tmp_path / "a"), "--no_plots"])
     assert code == 0
+
+
+def test_evaluate_out_dir_that_cannot_be_made_fails_before_the_pass(trained_run, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "out"  # no user, root included, can create a folder under a file
+    code = evaluate.cli(["--checkpoint", str(trained_run), "--test_samples", "80", "--out_dir", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""  # no report printed: the pass never ran
+    assert captured.err.strip() == (f"evaluate.py: error: cannot create the output folder {out}: "
+                                    f"{tmp_path / 'afile'} is not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

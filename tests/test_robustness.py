@@ -354,3 +354,14 @@ def test_robustness_bad_input(snn_run, ann_checkpoint, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     code, msg = err(*snn, "--out_dir", str(tmp_path / "file"))
     assert code == 2 and "is a file, not a folder" in msg
+
+
+def test_robustness_out_dir_that_cannot_be_made_fails_before_the_pass(snn_run, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "out"  # no user, root included, can create a folder under a file
+    code = analyze.cli(["robustness", "--snn", str(snn_run), "--out_dir", str(out), *SMALL])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""  # no table printed: no network was attacked
+    assert captured.err.strip() == (f"analyze.py: error: cannot create the output folder {out}: "
+                                    f"{tmp_path / 'afile'} is not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

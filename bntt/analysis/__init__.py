@@ -1,2 +1,42 @@
 """The paper's analyses of trained networks, one module per `analyze.py` subcommand: spike
-rates and energy (activity.py) and robustness to noise and attacks (robustness.py)."""
+rates and energy (activity.py) and robustness to noise and attacks (robustness.py); and the
+output folder that they and evaluate.py write their reports into."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bntt.cli import UsageError
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """UsageError, in one line, unless `out_dir` is a folder this process can write into, or
+    one it can create. Called before the pass over the test set, so that a folder that cannot be
+    made stops the command before the work rather than after it; it creates nothing, so a
+    command that fails later leaves no empty folder behind (make_out_dir creates it)."""
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UsageError(f"--out_dir {out_dir} is a file, not a folder")
+        existing = out_dir
+        # a dangling link counts as existing: it is in the way of the folder, as a file is
+        while not (existing.exists() or existing.is_symlink()) and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UsageError(f"cannot create the output folder {out_dir}: {existing} is not a folder")
+        # os.access asks what this process may do (root may write where the mode bits say no;
+        # nobody may on a read-only file system), which is what mkdir and the writes will find
+        if not os.access(existing, os.W_OK | os.X_OK):
+            what = "write into" if existing == out_dir else "create"
+            raise UsageError(f"cannot {what} the output folder {out_dir}: {existing} is not writable")
+    except OSError as exc:  # a folder on the way that may not even be looked into
+        raise UsageError(f"cannot create the output folder {out_dir}: "
+                         f"{exc.strerror or exc.__class__.__name__}") from None
+
+
+def make_out_dir(out_dir: Path) -> None:
+    """Create `out_dir` (checked by check_out_dir before the work) to write the reports into."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {out_dir}: "
+                         f"{exc.strerror or exc.__class__.__name__}") from None

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from bntt.analysis import check_out_dir, make_out_dir
 from bntt.analysis.attacks import (ann_logits_fn, fgsm, gaussian_noise, normaliser, pgd,
                                    snn_logits_fn, to_pixels)
 from bntt.ann import ANN_ARCHS, load_trained_ann
@@ -365,8 +366,7 @@ def run(args) -> int:
     check_args(args)
     first = args.snn or args.ann
     out_dir = Path(args.out_dir) if args.out_dir else run_folder_of(first) / "robustness"
-    if out_dir.exists() and not out_dir.is_dir():  # found before the long pass, not after it
-        raise UsageError(f"--out_dir {out_dir} is a file, not a folder")
+    check_out_dir(out_dir)  # before the long pass, not after it
     device = pick_device(args.device)
     nets = load_networks(args)
     for key, trained in nets.items():
@@ -382,11 +382,7 @@ def run(args) -> int:
     results = {key: measure(key, trained, loader, device, args) for key, trained in nets.items()}
     report = build_report(results, reference.dataset, args)
     print_report(report)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the output folder {out_dir}: "
-                         f"{exc.strerror or exc.__class__.__name__}") from None
+    make_out_dir(out_dir)
     written = write_outputs(report, out_dir, plots=not args.no_plots)
     print(f"\nwrote {', '.join(written)} and TensorBoard events to {out_dir}")
     return 0
