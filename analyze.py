@@ -2,6 +2,7 @@
 JSON, CSV, TensorBoard events and a figure (when matplotlib is installed) into --out_dir.
 
     python analyze.py activity --checkpoint runs/<run>     # spike rates per layer and step, energy
+                                                           # (of an ANN twin: its MACs)
     python analyze.py robustness --snn runs/<snn run> --ann runs/<ann run>   # noise, FGSM, PGD
 
 A run folder stands for its last.pt. What each analysis counts, and which settings are ours

@@ -2,6 +2,7 @@
 of hand-set networks, the ANN's MACs, the energy-vs-time curve, `analyze.py activity`."""
 import itertools
 import json
+import os
 
 import pytest
 import torch
@@ -11,9 +12,14 @@ import torch.nn.functional as F
 import analyze
 import train
 from bntt import early_exit
-from bntt.analysis import activity
+from bntt.analysis import activity, check_out_dir
+from bntt.checkpoint import save_atomic
+from bntt.cli import UsageError
 from bntt.coding import SequenceEncoder
-from bntt.models import build_model
+from bntt.models import build_for_dataset, build_model
+from bntt.trained import load_trained
+from bntt.trained import test_loader as scoring_loader  # not collected as a test
+from fixtures import write_fashion_mnist
 from helpers import small_model
 from utill import correct_topk
 
@@ -250,3 +256,195 @@ def test_analyze_activity_bad_input(trained_run, tmp_path, capsys):
     afile.write_text("")
     code, msg = err(["--checkpoint", str(trained_run), "--out_dir", str(afile), "--test_samples", "4"])
     assert code == 2 and "is a file" in msg
+
+
+# -- other normalisations and the ANN twin ----------------------------------------------------
+
+# VGG9 on 1 x 32 x 32, by hand: C_in * 3 * 3 * C_out * H * W per conv, in * out per linear layer
+VGG9_FMNIST_MACS = {"conv1": 1 * 9 * 64 * 32 * 32, "conv2": 64 * 9 * 64 * 32 * 32,
+                    "conv3": 64 * 9 * 128 * 16 * 16, "conv4": 128 * 9 * 128 * 16 * 16,
+                    "conv5": 128 * 9 * 256 * 8 * 8, "conv6": 256 * 9 * 256 * 8 * 8,
+                    "conv7": 256 * 9 * 256 * 8 * 8, "fc1": 256 * 4 * 4 * 1024, "fc2": 1024 * 10}
+VGG9_FMNIST_NEURONS = [1 * 32 * 32, 64 * 32 * 32, 64 * 32 * 32, 128 * 16 * 16, 128 * 16 * 16,
+                       256 * 8 * 8, 256 * 8 * 8, 256 * 8 * 8, 1024]  # input first
+
+
+def tiny_run(folder, arch, norm="bntt"):
+    """A freshly built VGG9 (or its ANN twin) for the bundled Fashion-MNIST subset, saved as
+    train.py saves a run. Its synapses are scaled up and its normalisations given statistics as
+    after training, so that every layer spikes and the norms differ."""
+    torch.manual_seed(0)
+    model = build_for_dataset(arch, "fashionmnist_subset", 2, 0.95, norm=norm)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(3.0)
+            if getattr(m, "running_var", None) is not None:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    folder.mkdir()
+    save_atomic({"state_dict": model.state_dict(),
+                 "config": {"arch": arch, "dataset": "fashionmnist_subset", "num_steps": 2,
+                            "leak_mem": 0.95, "norm": norm}}, folder / "last.pt")
+    return folder
+
+
+def direct_counts(run, images, batch):
+    """Straight from the network's own forward pass (multistep engine, the analysis's Poisson
+    draws): per layer (input first) the spikes at each step, and what conv2, fc1 and fc2 receive."""
+    trained = load_trained(run)
+    model = trained.model.set_engine("multistep")
+    spikes, inputs = [], {}
+
+    def count_spikes(module, args, out):
+        spikes.append(torch.count_nonzero(out.flatten(2), dim=2).sum(1))
+
+    def keep_input(name):
+        def hook(module, args):
+            inputs.setdefault(name, []).append(args[0].unflatten(0, (2, -1)))
+        return hook
+
+    hooks = [model.neuron.register_forward_hook(count_spikes)]
+    hooks += [getattr(model, n).register_forward_pre_hook(keep_input(n)) for n in ("conv1", "conv2", "fc1", "fc2")]
+    g = torch.Generator().manual_seed(0)
+    hits = 0
+    with torch.no_grad():
+        for x, y in scoring_loader(trained, None, batch, images):
+            hits += int((model(x, generator=g).argmax(-1) == y).sum())
+    for h in hooks:
+        h.remove()
+    layers = len(list(model.spiking_layers()))
+    per_layer = [sum(spikes[i::layers]) for i in range(layers)]
+    received = {n: torch.cat(v, 1) for n, v in inputs.items()}
+    per_layer.insert(0, torch.count_nonzero(received["conv1"].flatten(2), dim=2).sum(1))
+    return per_layer, received, hits
+
+
+@pytest.mark.parametrize("norm", ["bn", "tdbn", "none"])
+def test_analyze_activity_of_every_norm(norm, tmp_path, capsys):
+    run = tiny_run(tmp_path / norm, "vgg9", norm)
+    code = analyze.cli(["activity", "--checkpoint", str(run), "--test_samples", "8", "--batch_size", "8",
+                        "--device", "cpu", "--no_plots"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    report = json.loads((run / "activity" / "activity.json").read_text())
+    assert (report["kind"], report["norm"], report["test_images"]) == ("snn", norm, 8)
+
+    spikes, received, hits = direct_counts(run, 8, 8)
+    rates = report["rates"]["layers"]
+    assert [r["layer"] for r in rates] == ["input", "bntt1", "bntt2", "bntt3", "bntt4", "bntt5", "bntt6",
+                                           "bntt7", "bntt_fc"]
+    assert [r["neurons"] for r in rates] == VGG9_FMNIST_NEURONS
+    for r, counted in zip(rates, spikes):
+        assert counted.min() > 0, r["layer"]  # every layer fires: the counts below mean something
+        assert [rate * 8 * r["neurons"] for rate in r["per_step"]] == pytest.approx(counted.tolist(), abs=1e-6)
+    hidden = sum(int(s.sum()) for s in spikes[1:])
+    network = report["rates"]["network"]
+    assert network["neurons"] == sum(VGG9_FMNIST_NEURONS[1:])
+    assert network["spikes_per_image"] == pytest.approx(hidden / 8)
+    assert network["mean_rate"] == pytest.approx(hidden / (8 * sum(VGG9_FMNIST_NEURONS[1:]) * 2))
+    assert report["time"][-1]["top1"] == pytest.approx(100.0 * hits / 8)
+
+    energy = {r["layer"]: r for r in report["energy"]["layers"]}
+    # conv2: every spike of layer 1 reaches 64 channels at each of the 3x3 windows covering it,
+    # which a 3x3 all-ones kernel over the map of spike counts sums up
+    per_position = (received["conv2"] != 0).sum(2).flatten(0, 1).unsqueeze(1).double()
+    covered = F.conv2d(per_position, torch.ones(1, 1, 3, 3, dtype=torch.float64), padding=1).sum().item()
+    assert energy["conv2"]["snn_ops_per_image"] * 8 == covered * 64
+    assert energy["fc1"]["snn_ops_per_image"] * 8 == torch.count_nonzero(received["fc1"]).item() * 1024
+    assert energy["fc2"]["snn_ops_per_image"] * 8 == int(spikes[-1].sum()) * 10 > 0
+    assert {k: r["ann_macs_per_image"] for k, r in energy.items()} == VGG9_FMNIST_MACS
+    total = report["energy"]["total"]
+    assert total["snn_energy_pj"] == pytest.approx(0.9 * sum(r["snn_ops_per_image"] for r in energy.values()))
+    assert total["ann_over_snn"] == pytest.approx(4.6 * sum(VGG9_FMNIST_MACS.values()) / total["snn_energy_pj"])
+    # no number depends on BNTT's gammas; what the report says it leaves out names this norm
+    not_counted = report["conventions"]["snn_not_counted"][0]
+    assert "BNTT" not in not_counted and not_counted == activity.NORM_NOT_COUNTED[norm]
+    assert "not counted: BNTT" not in printed and "not counted: " in printed
+
+
+def test_analyze_activity_of_the_ann_twin(tmp_path, capsys):
+    run = tiny_run(tmp_path / "ann", "vgg9_ann")
+    code = analyze.cli(["activity", "--checkpoint", str(run), "--test_samples", "8", "--batch_size", "4",
+                        "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    out = run / "activity"
+    report = json.loads((out / "activity.json").read_text())
+    assert (report["kind"], report["arch"], report["num_steps"], report["test_images"]) == ("ann", "vgg9_ann", None, 8)
+    assert "rates" not in report and "time" not in report and "no spikes" in report["note"]
+    layers = report["energy"]["layers"]
+    assert {r["layer"]: r["ann_macs_per_image"] for r in layers} == VGG9_FMNIST_MACS
+    assert [r["layer"] for r in layers] == list(VGG9_FMNIST_MACS)  # in the order they run
+    assert all(r["ann_energy_pj"] == r["ann_macs_per_image"] * 4.6 for r in layers)
+    total = report["energy"]["total"]
+    assert total["ann_macs_per_image"] == 193_538_048 == sum(VGG9_FMNIST_MACS.values())
+    assert total["ann_energy_uj"] == pytest.approx(193_538_048 * 4.6e-6)
+    # the ANN side of an SNN's report is the same count, layer by layer
+    snn = build_for_dataset("vgg9", "fashionmnist_subset", 2, 0.95)
+    assert [(r["layer"], r["macs"]) for r in activity.ann_macs(snn, (1, 32, 32))] == \
+        [(r["layer"], r["ann_macs_per_image"]) for r in layers]
+
+    trained = load_trained(run)
+    with torch.no_grad():
+        hits = sum(int((trained.model(x).argmax(-1) == y).sum()) for x, y in scoring_loader(trained, None, 4, 8))
+    assert report["top1"] == pytest.approx(100.0 * hits / 8)
+    assert "no time steps and no spikes" in printed and "E_MAC = 4.6 pJ" in printed
+    assert (out / "energy_layers.csv").read_text().splitlines()[-1].startswith("total,,193538048,")
+    assert list(out.glob("events.out.tfevents.*")) and not list(out.glob("*.png"))
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("events.")) == \
+        ["activity.json", "energy_layers.csv"]
+
+
+def test_check_out_dir_creates_nothing(tmp_path):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    check_out_dir(tmp_path)
+    check_out_dir(tmp_path / "a" / "b" / "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "dangling"]
+    for path, message in ((tmp_path / "afile", "is a file, not a folder"),
+                          (tmp_path / "afile" / "out", "afile is not a folder"),
+                          (tmp_path / "afile" / "a" / "b", "afile is not a folder"),
+                          (tmp_path / "dangling" / "out", "dangling is not a folder")):
+        with pytest.raises(UsageError, match=message):
+            check_out_dir(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_check_out_dir_read_only_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(UsageError, match="locked is not writable"):
+        check_out_dir(locked / "out")
+    with pytest.raises(UsageError, match="cannot write into the output folder .*locked is not writable"):
+        check_out_dir(locked)
+
+
+def test_analyze_activity_failure_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BNTT_OFFLINE", "1")  # a missing file is never fetched
+    run = tiny_run(tmp_path / "r", "vgg9", "bn")
+
+    def err(*argv):
+        code = analyze.cli(["activity", "--checkpoint", str(run), "--test_samples", "4", "--device", "cpu",
+                            *argv])
+        captured = capsys.readouterr()
+        assert len(captured.err.strip().splitlines()) == 1, captured.err
+        return code, captured.err.strip(), captured.out
+
+    # damaged data, found after the checkpoint is read: nothing is written
+    write_fashion_mnist(tmp_path / "data")
+    (tmp_path / "data" / "t10k-images-idx3-ubyte.gz").write_bytes(b"not a gzip file")
+    code, msg, _ = err("--dataset", "fashionmnist", "--data_dir", str(tmp_path / "data"))
+    assert code == 2 and "t10k-images-idx3-ubyte.gz cannot be read" in msg
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt"]
+    # an output folder under a file: no pass over the test set, no report printed
+    (tmp_path / "afile").write_text("")
+    code, msg, out = err("--out_dir", str(tmp_path / "afile" / "out"))
+    assert code == 2 and out == ""
+    assert msg == (f"analyze.py: error: cannot create the output folder {tmp_path / 'afile' / 'out'}: "
+                   f"{tmp_path / 'afile'} is not a folder")
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt"]

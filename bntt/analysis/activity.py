@@ -15,7 +15,11 @@ engine) this counts, in one pass:
   steps (the readout accumulates, so one pass gives every prefix), and the same for the
   per-sample softmax-margin exit of bntt.early_exit.
 
-What is and is not counted is listed in CONVENTIONS, which the report repeats.
+Every normalisation of the ablation (--norm) is counted alike: none of these numbers depends on
+BNTT's gammas, and each normalisation folds into a scale and offset per neuron at inference.
+For a checkpoint of the ANN twin (bntt/ann.py) there are no time steps and no spikes: the report
+holds its MACs per layer, their energy at E_MAC each (the ANN side of the comparison) and its
+top-1. What is and is not counted is listed in conventions(), which the report repeats.
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bntt import early_exit
+from bntt.analysis import check_out_dir, make_out_dir
+from bntt.ann import ANN_ARCHS
 from bntt.checkpoint import checkpoint_file, write_atomic
 from bntt.cli import UsageError, check_scoring_flags, pick_device, pyplot, require_positive
 from bntt.coding import SequenceEncoder
@@ -45,6 +51,20 @@ from bntt.trained import load_trained, test_loader
 E_AC_45NM = 0.9
 E_MAC_45NM = 4.6
 DEFAULT_CONFIDENCES = (0.3, 0.5, 0.7, 0.9, 0.99)
+
+# What each normalisation costs at inference, none of it a synaptic operation.
+NORM_NOT_COUNTED = {
+    "bntt": ("BNTT: at inference it folds into a per-step scale and offset of each neuron, no "
+             "synaptic operation"),
+    "bn": ("the BatchNorm shared by all steps: at inference it folds into one scale and offset "
+           "of each neuron, the same at every step, no synaptic operation"),
+    "tdbn": ("tdBN: at inference it folds into one scale and offset of each neuron, the same at "
+             "every step, no synaptic operation"),
+    "none": "no normalisation (--norm none): nothing between the synapses and the neurons",
+}
+ANN_NOTE = ("a non-spiking network: no time steps and no spikes, so no spike rates, accumulates "
+            "or energy along time; its energy is its MACs in one pass at E_MAC each, the ANN side "
+            "of the comparison that the activity report of its SNN twin makes")
 
 CONVENTIONS = {
     "snn_counted": [
@@ -61,8 +81,7 @@ CONVENTIONS = {
         "the readout (fc2 / fc_out): the spikes of the last hidden layer, accumulates",
     ],
     "snn_not_counted": [
-        ("BNTT: at inference it folds into a per-step scale and offset of each neuron, no "
-         "synaptic operation"),
+        NORM_NOT_COUNTED["bntt"],
         "the neuron updates (leak, compare with the threshold, soft reset)",
         "memory accesses and data movement",
     ],
@@ -74,6 +93,11 @@ CONVENTIONS = {
          "so T passes"),
     ],
 }
+
+
+def conventions(norm: str) -> dict:
+    """CONVENTIONS for a spiking network whose layers are normalised by `norm`."""
+    return {**CONVENTIONS, "snn_not_counted": [NORM_NOT_COUNTED[norm], *CONVENTIONS["snn_not_counted"][1:]]}
 
 
 # -- counting ---------------------------------------------------------------------------------
@@ -110,10 +134,29 @@ def synaptic_ops(synapse: nn.Module, inputs: torch.Tensor, reach: torch.Tensor |
     raise TypeError(f"cannot count the operations of a {type(synapse).__name__}")
 
 
+def _module_names(model) -> dict:
+    return {id(m): name for name, m in model.named_modules()}
+
+
 def synapse_names(model) -> list:
     """Names of the synaptic layers bottom to top, the readout last (conv1, ..., fc1, fc2)."""
-    names = {id(m): name for name, m in model.named_modules()}
+    names = _module_names(model)
     return [names[id(s)] for s, _, _ in model.spiking_layers()] + [names[id(model.readout)]]
+
+
+def neuron_layer_names(model) -> list:
+    """Names of the spiking layers bottom to top, as their normalisations are named in the
+    state_dict (bntt1, ..., bntt_fc), whichever normalisation (--norm) they hold."""
+    names = _module_names(model)
+    return [names[id(norm)] for _, norm, _ in model.spiking_layers()]
+
+
+def _layer_macs(synapse: nn.Module, output: torch.Tensor) -> dict:
+    """Kind and MACs of a conv or linear layer that gives `output` (one sample, no batch)."""
+    if isinstance(synapse, nn.Conv2d):
+        kh, kw = synapse.kernel_size
+        return {"kind": "conv", "macs": int(synapse.in_channels // synapse.groups * kh * kw * output.numel())}
+    return {"kind": "linear", "macs": int(synapse.in_features * output.numel())}
 
 
 def ann_macs(model, sample_shape) -> list:
@@ -130,14 +173,31 @@ def ann_macs(model, sample_shape) -> list:
         for name, (synapse, pool) in zip(names, layers):
             x = synapse_input(x, synapse)
             y = synapse(x)
-            if isinstance(synapse, nn.Conv2d):
-                kh, kw = synapse.kernel_size
-                macs = synapse.in_channels // synapse.groups * kh * kw * y[0].numel()
-                kind = "conv"
-            else:
-                macs, kind = synapse.in_features * synapse.out_features, "linear"
-            rows.append({"layer": name, "kind": kind, "macs": int(macs)})
+            rows.append({"layer": name, **_layer_macs(synapse, y[0])})
             x = pool(y) if pool is not None else y
+    return rows
+
+
+def twin_macs(ann, sample_shape) -> list:
+    """MACs per layer of a non-spiking network (the ANN twin) for one input of `sample_shape`
+    ((C, H, W), without the batch): [{"layer", "kind", "macs"}, ...] for every conv and linear
+    layer, in the order its forward pass runs them (the readout last)."""
+    names, rows = _module_names(ann), []
+
+    def record(layer, inputs, output):
+        rows.append({"layer": names[id(layer)], **_layer_macs(layer, output[0])})
+
+    hooks = [m.register_forward_hook(record) for m in ann.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    param = next(ann.parameters())
+    training = ann.training
+    try:
+        ann.eval()  # one sample: its BatchNorms use their running statistics
+        with torch.no_grad():
+            ann(torch.zeros(1, *sample_shape, device=param.device, dtype=param.dtype))
+    finally:
+        ann.train(training)
+        for hook in hooks:
+            hook.remove()
     return rows
 
 
@@ -239,6 +299,29 @@ def activity_pass(model, loader, device, eval_seed: int = 0) -> Activity:
     return Activity(counter, top1, torch.cat(margins, 1), torch.cat(correct, 1), images)
 
 
+@dataclass
+class AnnScore:
+    top1_count: int
+    images: int
+    sample_shape: tuple  # one input without the batch, (C, H, W)
+
+
+@torch.no_grad()
+def ann_pass(model, loader, device) -> AnnScore:
+    """The ANN twin's top-1 on the test set, in one pass (it has no steps to count along)."""
+    model.eval()
+    hits, images, shape = 0, 0, None
+    for inputs, labels in tqdm(loader, desc="activity", leave=False, dynamic_ncols=True):
+        inputs, labels = inputs.to(device), labels.to(device)
+        # the class utill.correct_topk picks, as train.py scores
+        hits += int((model(inputs).topk(1, 1).indices[:, 0] == labels).sum())
+        images += labels.shape[0]
+        shape = tuple(inputs.shape[1:])
+    if not images:
+        raise UsageError("the test set is empty")
+    return AnnScore(hits, images, shape)
+
+
 def prefix_logits(currents: torch.Tensor) -> torch.Tensor:
     """Readout currents [T, B, K] -> logits after each prefix of steps, as
     early_exit.cumulative_logits computes them from the same currents."""
@@ -261,7 +344,7 @@ def exit_steps(margins: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidences) -> dict:
     counter, n, steps = activity.counter, activity.images, model.num_steps
-    rate_names = ["input"] + [name for name, _ in model.bntt_layers()]
+    rate_names = ["input"] + neuron_layer_names(model)
     rates = []
     for name, spikes, neurons in zip(rate_names, counter.spikes, counter.neurons):
         per_step = (spikes.double() / (n * neurons)).tolist()
@@ -319,17 +402,43 @@ def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidenc
                             "snn_energy_uj": energy * 1e-6,
                             "ann_over_snn": ann_pj / energy if energy else math.inf})
     return {
+        "kind": "snn", "norm": model.norm,
         "num_steps": steps, "test_images": n, "engine": "multistep",
         "e_ac_pj": e_ac, "e_mac_pj": e_mac,
         "technology": ("45 nm, Horowitz 2014, as in the paper"
                        if (e_ac, e_mac) == (E_AC_45NM, E_MAC_45NM) else "given with --e_ac / --e_mac"),
         "ann_passes": passes,
-        "conventions": CONVENTIONS,
+        "conventions": conventions(model.norm),
         "rates": {"layers": rates, "network": network},
         "energy": {"layers": layers, "total": total},
         "time": time,
         "sample_exit": sample_exit,
     }
+
+
+def build_ann_report(model, score: AnnScore, e_mac: float) -> dict:
+    """The ANN twin's side of the energy comparison: its MACs per layer and in total for one
+    image, their energy at `e_mac` pJ each, and its top-1."""
+    layers = [{"layer": r["layer"], "kind": r["kind"], "ann_macs_per_image": r["macs"],
+               "ann_energy_pj": r["macs"] * e_mac}
+              for r in twin_macs(model, score.sample_shape)]
+    macs = sum(r["ann_macs_per_image"] for r in layers)
+    return {
+        "kind": "ann", "num_steps": None, "test_images": score.images,
+        "top1": 100.0 * score.top1_count / score.images,
+        "e_mac_pj": e_mac,
+        "technology": "45 nm, Horowitz 2014, as in the paper" if e_mac == E_MAC_45NM else "given with --e_mac",
+        "note": ANN_NOTE,
+        "conventions": {"ann_counted": CONVENTIONS["ann_counted"][:1]},
+        "energy": {"layers": layers, "total": {"ann_macs_per_image": macs, "ann_energy_pj": macs * e_mac,
+                                               "ann_energy_uj": macs * e_mac * 1e-6}},
+    }
+
+
+# the normalisation in the printed "not counted" line
+NOT_COUNTED_SHORT = {"bntt": "BNTT (folds into a per-step scale and offset per neuron)",
+                     "bn": "the shared BatchNorm (folds into a scale and offset per neuron)",
+                     "tdbn": "tdBN (folds into a scale and offset per neuron)", "none": ""}
 
 
 def _ratio(x: float) -> str:
@@ -365,7 +474,8 @@ def print_report(report: dict) -> None:
           f"{_ratio(tot['ann_over_snn']):>9}")
     print("counted: one operation per output reached by each non-zero input, input layer and readout "
           "included; pooled spikes count one AC per output reached per non-zero pooled value")
-    print("not counted: BNTT (folds into a per-step scale and offset per neuron), neuron updates "
+    norm = NOT_COUNTED_SHORT[report["norm"]]
+    print(f"not counted: {norm + ', ' if norm else ''}neuron updates "
           "(leak, compare, reset), memory; the ANN counts only its MACs (its BatchNorm folds into the weights)"
           + (f"; the ANN runs {report['ann_passes']} passes, one per sequence slice"
              if report["ann_passes"] > 1 else ""))
@@ -380,6 +490,21 @@ def print_report(report: dict) -> None:
     for r in report["sample_exit"]:
         print(f"{r['threshold']:>9g} {r['top1']:>7.2f} {r['mean_steps']:>10.2f} {r['snn_energy_uj']:>10.4g} "
               f"{_ratio(r['ann_over_snn']):>9}")
+
+
+def print_ann_report(report: dict) -> None:
+    print(f"\nANN {report['arch']}: top-1 {report['top1']:.2f}% on {report['test_images']} test "
+          f"images; no time steps and no spikes: its energy is its MACs in one pass")
+    print(f"energy per image: E_MAC = {report['e_mac_pj']:g} pJ ({report['technology']})")
+    print(f"{'layer':>6} {'kind':>6} {'ANN MACs':>12} {'ANN uJ':>10}")
+    for r in report["energy"]["layers"]:
+        print(f"{r['layer']:>6} {r['kind']:>6} {r['ann_macs_per_image']:>12.4g} "
+              f"{r['ann_energy_pj'] * 1e-6:>10.4g}")
+    tot = report["energy"]["total"]
+    print(f"{'total':>6} {'':>6} {tot['ann_macs_per_image']:>12.4g} {tot['ann_energy_uj']:>10.4g}")
+    print("counted: C_in / groups * k_h * k_w * C_out * H_out * W_out MACs per conv, in * out per linear "
+          "layer, readout included; not counted: its BatchNorms (they fold into the weights), ReLUs, "
+          "pools, memory")
 
 
 def csv_bytes(rows: list) -> bytes:
@@ -421,14 +546,28 @@ def csv_tables(report: dict) -> dict:
             "energy_time.csv": csv_bytes(report["time"])}
 
 
+def ann_csv_tables(report: dict) -> dict:
+    tot = report["energy"]["total"]
+    rows = report["energy"]["layers"] + [{"layer": "total", "kind": "",
+                                          "ann_macs_per_image": tot["ann_macs_per_image"],
+                                          "ann_energy_pj": tot["ann_energy_pj"]}]
+    return {"energy_layers.csv": csv_bytes(rows)}
+
+
 def write_outputs(report: dict, out_dir: Path, plots: bool) -> list:
+    ann = report["kind"] == "ann"
     files = {"activity.json": (json.dumps(_jsonable(report), indent=2) + "\n").encode(),
-             **csv_tables(report)}
+             **(ann_csv_tables(report) if ann else csv_tables(report))}
     for name, data in files.items():
         write_atomic(out_dir / name, lambda f, data=data: f.write(data))
 
     from torch.utils.tensorboard import SummaryWriter
     with SummaryWriter(str(out_dir)) as writer:
+        writer.add_text("activity/conventions", json.dumps(report["conventions"]))
+        if ann:  # nothing along time or layers of neurons: its top-1 and its energy
+            writer.add_scalar("activity/top1", report["top1"], 0)
+            writer.add_scalar("activity/ann_energy_uj", report["energy"]["total"]["ann_energy_uj"], 0)
+            return list(files)
         for r in report["rates"]["layers"]:
             for t, rate in enumerate(r["per_step"], 1):
                 writer.add_scalar(f"activity/rate/{r['layer']}", rate, t)
@@ -439,7 +578,6 @@ def write_outputs(report: dict, out_dir: Path, plots: bool) -> list:
         for key in ("snn_energy_uj", "ann_energy_uj", "ann_over_snn"):
             if math.isfinite(tot[key]):
                 writer.add_scalar(f"activity/{key}", tot[key], 0)
-        writer.add_text("activity/conventions", json.dumps(report["conventions"]))
     written = list(files)
     if plots:
         written += plot(report, out_dir)
@@ -520,33 +658,27 @@ def _check(args) -> None:
     check_scoring_flags(args)
 
 
-def make_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out_dir {out_dir} is a file, not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the output folder {out_dir}: "
-                         f"{exc.strerror or exc.__class__.__name__}") from None
-
-
 def run(args) -> int:
     _check(args)
     source = checkpoint_file(args.checkpoint)
     out_dir = Path(args.out_dir) if args.out_dir else source.parent / "activity"
+    check_out_dir(out_dir)  # before the long pass, not after it; created only to write
     device = pick_device(args.device)
     trained = load_trained(source, args.dataset, args.leak_mem)
-    make_out_dir(out_dir)  # before the long pass, not after it
     model = trained.model.to(device)
     loader = test_loader(trained, args.data_dir, args.batch_size, args.test_samples,
                          pin_memory=device.type == "cuda")
 
-    activity = activity_pass(model, loader, device, args.eval_seed)
-    report = build_report(model, activity, args.e_ac, args.e_mac, args.confidence)
+    if trained.arch in ANN_ARCHS:
+        report = build_ann_report(model, ann_pass(model, loader, device), args.e_mac)
+    else:
+        activity = activity_pass(model, loader, device, args.eval_seed)
+        report = build_report(model, activity, args.e_ac, args.e_mac, args.confidence)
+        report.update({"eval_seed": args.eval_seed, "leak_mem": model.leak_mem})
     report.update({"checkpoint": str(source), "dataset": trained.dataset, "arch": trained.arch,
-                   "eval_seed": args.eval_seed, "batch_size": args.batch_size,
-                   "leak_mem": model.leak_mem})
-    print_report(report)
+                   "batch_size": args.batch_size})
+    (print_ann_report if trained.arch in ANN_ARCHS else print_report)(report)
+    make_out_dir(out_dir)
     written = write_outputs(report, out_dir, plots=not args.no_plots)
     print(f"\nwrote {', '.join(written)} and TensorBoard events to {out_dir}")
     return 0
