@@ -44,6 +44,23 @@ def update_running_statistics(running_mean, running_var, num_batches_tracked, me
         num_batches_tracked += 1
 
 
+def batch_norm(x: torch.Tensor, running_mean, running_var, weight, bias, training: bool,
+               momentum: float, eps: float) -> torch.Tensor:
+    """`F.batch_norm`, with training statistics as accurate in every memory layout as in the
+    contiguous one.
+
+    On a CPU, PyTorch's kernel for a channels-last input adds each channel's values one after
+    another into a float32 sum; over thousands of values that loses several bits of the
+    variance, where the contiguous kernel, which sums in blocks, stays within about one
+    rounding. In float32 a membrane within that difference of the threshold fires in one layout
+    and not in the other, and the flip spreads through the statistics of the layers above.
+    Such an input is normalised from a contiguous copy.
+    """
+    if training and x.device.type == "cpu" and not x.is_contiguous():
+        x = x.contiguous()
+    return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
 class BNTT(nn.Module):
     """BatchNorm with per-time-step statistics and scale, for 1d ([B, C]) or 2d ([B, C, H, W]) maps.
 
@@ -103,7 +120,7 @@ class BNTT(nn.Module):
         # each step's statistics apart, and writes each step's running statistics in place
         # through the flat views of the [T, C] buffers.
         stacked = x.to(dtype).transpose(0, 1).reshape(batch, n * channels, *x.shape[3:])
-        y = F.batch_norm(
+        y = batch_norm(
             stacked,
             self.running_mean[steps].view(-1),
             self.running_var[steps].view(-1),

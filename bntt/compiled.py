@@ -55,13 +55,30 @@ def _per_channel(v: torch.Tensor) -> torch.Tensor:
     return v[:, None, None, None, :]
 
 
+# The generated C++ adds a channel's values (one (step, channel) of the stack: thousands of them)
+# one after another. In float32 that loses up to log2(count) bits of a sum, and with them the
+# variance's accuracy, where eager PyTorch's blocked reductions keep it to about one rounding;
+# a membrane within that error of the threshold then fires in one engine and not in another
+# (docs/spec.md, section 5). These sums therefore accumulate in float64, as eager var_mean does
+# on a CPU: the cast is fused into the reduction's loop, so it reads nothing more.
+def _moments(x: torch.Tensor):
+    """Per-(step, channel) biased variance and mean of [n, B, H, W, C], in x's dtype."""
+    var, mean = torch.var_mean(x.to(torch.float64), dim=_VALUES, correction=0)
+    return var.to(x.dtype), mean.to(x.dtype)
+
+
+def _channel_sum(x: torch.Tensor) -> torch.Tensor:
+    """Per-(step, channel) sum of [n, B, H, W, C], in x's dtype, accumulated as `_moments`."""
+    return x.sum(_VALUES, dtype=torch.float64).to(x.dtype)
+
+
 def _forward(a, gamma, u0, mean, var, leak: float, threshold: float, eps: float,
              training: bool, spike_dtype: torch.dtype):
     """Spikes [n * B, C, H, W] (channels-last, spike_dtype), u_n [B, H, W, C], mean, var."""
     n = gamma.shape[0]
     x = _steps(a, n).to(u0.dtype)
     if training:  # Eq. 3: this step's batch statistics (biased variance)
-        var, mean = torch.var_mean(x, dim=_VALUES, correction=0)
+        var, mean = _moments(x)
     y = (x - _per_channel(mean)) * _per_channel(gamma * torch.rsqrt(var + eps))
     u, spikes = u0, []
     for t in range(n):
@@ -91,11 +108,11 @@ def _backward(a, spikes, u0, gamma, mean, var, grad_spikes, grad_u, leak: float,
         g = surrogate_grad(v[t], threshold) * grad_s[t] + (g if t == n - 1 else g * leak)
         grad_y[t] = g
     grad_y = torch.stack(grad_y)
-    grad_gamma = (grad_y * xhat).sum(_VALUES)
+    grad_gamma = _channel_sum(grad_y * xhat)
     scale = _per_channel(gamma * rstd)
     if training:  # the batch statistics depend on a too
         count = x.shape[1] * x.shape[2] * x.shape[3]
-        grad_x = scale * (grad_y - _per_channel(grad_y.sum(_VALUES) / count)
+        grad_x = scale * (grad_y - _per_channel(_channel_sum(grad_y) / count)
                           - xhat * _per_channel(grad_gamma / count))
     else:
         grad_x = grad_y * scale

@@ -17,7 +17,7 @@ are their sum over steps divided by T (docs/spec.md, Eq. 10).
   the convolution left it. Elsewhere (the hidden FC layer, the ablation's other
   normalisations, BNTT across processes, and everywhere when compiling is off or fails:
   `bntt.compiled.enabled()`) the norm runs as it is, on a stack of steps laid out by one copy
-  so that it is a channels-last view, and the neuron is one autograd node for the block's
+  so that it is contiguous (where batch_norm's statistics are accurate), and the neuron is one autograd node for the block's
   steps (`bntt.neuron.lif_scan`). Blocks keep every tensor of a step the size of the cache and the
   allocator's reusable memory, where stacks of all T steps (210 MB a layer for VGG9 at T=25,
   batch 32) took fresh pages at every step. Under autocast the spikes are made in the
@@ -102,13 +102,14 @@ def spike_dtype(x: torch.Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
-def _steps_last(out: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
+def _norm_stack(out: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
     """Channels-last conv output [n * B, C, H, W] (n steps) -> [n, B, C, H, W] in `dtype`, in
-    [B, H, W, n, C] memory: BNTT's stack of steps [B, n * C, H, W] is then a channels-last view.
-    One copy, which also makes the cast to BNTT's float32 under autocast."""
-    steps_last = out.permute(0, 2, 3, 1).unflatten(0, (-1, batch)).permute(1, 2, 3, 0, 4)
-    z = torch.empty(steps_last.shape, dtype=dtype, device=out.device)
-    return z.copy_(steps_last).permute(3, 0, 4, 1, 2)
+    [B, n, C, H, W] memory: BNTT's stack of steps [B, n * C, H, W] is then contiguous, the layout
+    in which batch_norm's statistics are accurate on a CPU (bntt.bntt.batch_norm). One copy,
+    which also makes the cast to BNTT's float32 under autocast."""
+    steps = out.unflatten(0, (-1, batch))
+    z = torch.empty(steps.transpose(0, 1).shape, dtype=dtype, device=out.device)
+    return z.copy_(steps.transpose(0, 1)).transpose(0, 1)
 
 
 def run_cpu(model, spikes: torch.Tensor) -> torch.Tensor:
@@ -144,7 +145,7 @@ def _run_cpu_block(model, layers, spikes: torch.Tensor, first: int, membranes: l
                                                       batch, membranes[i], out_dtype)
         elif isinstance(synapse, nn.Conv2d):
             out = synapse(x)
-            z = _steps_last(out, batch, torch.promote_types(out.dtype, synapse.weight.dtype))
+            z = _norm_stack(out, batch, torch.promote_types(out.dtype, synapse.weight.dtype))
             x, membranes[i] = lif_scan(norm(z, first_step=first), leak, threshold,
                                        membranes[i], out_dtype, torch.channels_last)
         else:

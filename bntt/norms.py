@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from bntt.bntt import BNTT
+from bntt.bntt import BNTT, batch_norm
 from bntt.paper import BN_EPS, BN_MOMENTUM, THRESHOLD
 
 NORMS = ("bntt", "bn", "tdbn", "none")
@@ -47,7 +46,7 @@ class _SharedStatistics(nn.Module):
         dtype = torch.promote_types(x.dtype, self.weight.dtype)
         if self.training:
             self.num_batches_tracked += 1
-        return F.batch_norm(x.to(dtype), self.running_mean, self.running_var, weight, bias,
+        return batch_norm(x.to(dtype), self.running_mean, self.running_var, weight, bias,
                             self.training, self.momentum, self.eps)
 
     def extra_repr(self) -> str:

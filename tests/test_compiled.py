@@ -16,7 +16,7 @@ from bntt import compiled as compiled_module
 from bntt import engines
 from bntt.bntt import BNTT
 from bntt.compiled import bntt_lif_block
-from bntt.engines import _steps_last
+from bntt.engines import _norm_stack
 from bntt.neuron import LIFNeuron, lif_scan
 from helpers import small_model
 from test_cpu_engine import assert_same_under_autocast, image_spikes, pair
@@ -65,7 +65,7 @@ def run_both(n, first_step, dtype, training, from_rest):
         if compiled:
             s, u = bntt_lif_block(a_in, norm, LIFNeuron(0.9), first_step, BATCH, u_in)
         else:
-            z = norm(_steps_last(a_in, BATCH, dtype), first_step=first_step)
+            z = norm(_norm_stack(a_in, BATCH, dtype), first_step=first_step)
             s, u = lif_scan(z, 0.9, 1.0, u_in, None, torch.channels_last)
         torch.autograd.backward((s, u), (grad_s, grad_u))
         results.append({"spikes": s, "u_n": u, "dL/da": a_in.grad, "dL/dgamma": norm.weight.grad,

@@ -8,7 +8,7 @@ rows in channels-last order, C channels), to `BNTTLIF`. It computes
 
 which is `LIFNeuron(BNTT(z))` of bntt/ (tests/test_fused.py checks it against that), but:
 
-- forward: one pass for the per-(t, c) statistics (Welford per tile, Chan's merge of tiles, so
+- forward: one pass for the per-(t, c) statistics (moments per tile, Chan's merge of tiles in float64, so
   the variance has no cancellation), one pass that normalises and scans the neuron over T;
 - backward: nothing but z is saved. Each tile re-runs the forward scan, keeping the surrogate
   derivative of every step in a small per-program scratch slot (it stays in L1/L2), then scans
@@ -93,9 +93,13 @@ if triton is not None:
         # channel's mean is large against its spread.
         shift = tl.load(z_step + r_begin.to(tl.int64) * C + cs, mask=cmask & (r_begin < R),
                         other=0.0).to(ACC)
-        count = tl.zeros([BLOCK_C], ACC)
-        mean = tl.zeros([BLOCK_C], ACC)
-        m2 = tl.zeros([BLOCK_C], ACC)
+        # A tile's moments are a tree reduction over its rows, accurate in ACC; the running
+        # merge of the split's tiles (Chan's formula) is one tile after another, hundreds of
+        # them on a GPU, and in float32 would lose the bits that batch_norm's statistics keep:
+        # it runs in float64, a few operations per tile and channel.
+        count = tl.zeros([BLOCK_C], tl.float64)
+        mean = tl.zeros([BLOCK_C], tl.float64)
+        m2 = tl.zeros([BLOCK_C], tl.float64)
         for r0 in range(r_begin, r_end, BLOCK_R):
             rs = r0 + tl.arange(0, BLOCK_R)
             mask = (rs < r_end)[:, None] & cmask[None, :]
@@ -104,14 +108,16 @@ if triton is not None:
             n = tl.minimum(r_end - r0, BLOCK_R).to(ACC)
             tile_mean = tl.sum(x, axis=0) / n
             d = tl.where(mask, x - tile_mean[None, :], 0.0)
-            tile_m2 = tl.sum(d * d, axis=0)
+            tile_m2 = tl.sum(d * d, axis=0).to(tl.float64)
+            tile_mean = tile_mean.to(tl.float64)
+            n = n.to(tl.float64)
             total = count + n
             delta = tile_mean - mean
             mean = mean + delta * (n / total)
             m2 = m2 + tile_m2 + delta * delta * (count * n / total)
             count = total
         out = (t * n_split + split) * C + cs
-        tl.store(pmean_ptr + out, mean + shift, mask=cmask)
+        tl.store(pmean_ptr + out, mean + shift.to(tl.float64), mask=cmask)
         tl.store(pm2_ptr + out, m2, mask=cmask)
 
     @triton.jit
@@ -196,8 +202,8 @@ if triton is not None:
         psum_gx = psum_g + T * n_split * C
         if SUMS:
             for t in range(T):
-                tl.store(psum_g + t * n_split * C, tl.zeros([BLOCK_C], ACC), mask=cmask)
-                tl.store(psum_gx + t * n_split * C, tl.zeros([BLOCK_C], ACC), mask=cmask)
+                tl.store(psum_g + t * n_split * C, tl.zeros([BLOCK_C], tl.float64), mask=cmask)
+                tl.store(psum_gx + t * n_split * C, tl.zeros([BLOCK_C], tl.float64), mask=cmask)
         for r0 in range(r_begin, r_end, BLOCK_R):
             rs = r0 + tl.arange(0, BLOCK_R)
             mask = (rs < r_end)[:, None] & cmask[None, :]
@@ -237,10 +243,11 @@ if triton is not None:
                     rstd = tl.load(rstd_ptr + t * C + cs, mask=cmask, other=0.0)
                     xhat = (z - mean[None, :]) * rstd[None, :]
                     at = t * n_split * C
-                    tl.store(psum_g + at, tl.load(psum_g + at, mask=cmask) + tl.sum(g, axis=0),
-                             mask=cmask)
-                    tl.store(psum_gx + at, tl.load(psum_gx + at, mask=cmask) + tl.sum(g * xhat, axis=0),
-                             mask=cmask)
+                    # float64 partial sums, for the reason the statistics kernel merges in it
+                    sum_g = tl.sum(g, axis=0).to(tl.float64)
+                    sum_gx = tl.sum(g * xhat, axis=0).to(tl.float64)
+                    tl.store(psum_g + at, tl.load(psum_g + at, mask=cmask) + sum_g, mask=cmask)
+                    tl.store(psum_gx + at, tl.load(psum_gx + at, mask=cmask) + sum_gx, mask=cmask)
             tl.debug_barrier()
 
     @triton.jit
@@ -312,21 +319,27 @@ def _neuron_constants(leak: float, threshold: float, z: torch.Tensor) -> torch.T
 
 
 def batch_stats(z: torch.Tensor):
-    """Per-(t, c) mean and biased variance of z [T, R, C] over its R rows."""
+    """Per-(t, c) mean and biased variance of z [T, R, C] over its R rows, in the accumulation
+    dtype."""
     T, R, C = z.shape
     acc = _acc_dtype(z.dtype)
     block_r, block_c = _tiles(C, 4096, z.device)
+    if z.device.type != "cuda":
+        # The interpreter's tl.sum adds a tile's rows one after another, where a GPU adds them
+        # as a tree: tiles of a GPU's 64 rows keep those sums as short, and as accurate.
+        block_r = min(block_r, 64)
     n_split, rows_per_split = _splits(R, block_r, T * triton.cdiv(C, block_c), z.device)
-    pmean = torch.empty((T, n_split, C), device=z.device, dtype=acc)
+    # the splits' moments, merged here in float64 as the kernel merges its tiles
+    pmean = torch.empty((T, n_split, C), device=z.device, dtype=torch.float64)
     pm2 = torch.empty_like(pmean)
     _stats_kernel[(T, triton.cdiv(C, block_c), n_split)](
         z, pmean, pm2, R, C, rows_per_split, BLOCK_R=block_r, BLOCK_C=block_c,
         ACC=getattr(tl, _TL_ACC[acc]))
-    counts = (R - torch.arange(n_split, device=z.device, dtype=acc) * rows_per_split)
+    counts = (R - torch.arange(n_split, device=z.device, dtype=torch.float64) * rows_per_split)
     counts = counts.clamp(0, rows_per_split).view(1, n_split, 1)
     mean = (pmean * counts).sum(1) / R
     m2 = pm2.sum(1) + (counts * (pmean - mean[:, None, :]) ** 2).sum(1)
-    return mean, m2 / R
+    return mean.to(acc), (m2 / R).to(acc)
 
 
 class BNTTLIF(torch.autograd.Function):
@@ -383,7 +396,8 @@ class BNTTLIF(torch.autograd.Function):
         grid = (triton.cdiv(C, block_c), n_split)
         scratch = torch.empty(grid[0] * grid[1] * T * block_r * block_c, device=z.device, dtype=acc)
         sums = training or ctx.needs_input_grad[1]
-        psum = torch.empty((2, T, n_split, C) if sums else (0,), device=z.device, dtype=acc)
+        psum = torch.empty((2, T, n_split, C) if sums else (0,), device=z.device,
+                           dtype=torch.float64)
         # dL/dy in training (the BatchNorm backward below turns it into dL/dz in place), or
         # dL/dz directly in eval mode. In z's dtype: under autocast dL/dz is bf16 anyway.
         grad_z = torch.empty_like(z)
@@ -394,7 +408,7 @@ class BNTTLIF(torch.autograd.Function):
             BLOCK_C=block_c, ACC=tl_acc, num_warps=BACKWARD_WARPS)
         grad_weight = None
         if sums:
-            sum_g, sum_gx = psum.sum(2)
+            sum_g, sum_gx = psum.sum(2).to(acc)
             if ctx.needs_input_grad[1]:  # gamma's gradient from these rows; DDP adds the rest
                 grad_weight = torch.zeros_like(weight)
                 grad_weight[:T] = sum_gx.to(weight.dtype)
