@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -42,13 +43,18 @@ def mode_of(name):
     return "L" if name in GRAY else "CMYK" if name in CMYK else "RGB"
 
 
-def write_tiny_imagenet(data_dir):
+def write_tiny_imagenet(data_dir, extra_classes=0):
     """The layout of tiny-imagenet-200.zip unzipped into data_dir: 3 classes x 4 train images,
-    6 val images, some grayscale or CMYK; returns data_dir."""
+    6 val images, some grayscale or CMYK, and `extra_classes` more classes of one train image
+    each (197: the 200 of the set); returns data_dir."""
     root = data_dir / TINY_IMAGENET_FOLDER
     root.mkdir(parents=True)
-    (root / "wnids.txt").write_text("".join(w + "\n" for w in WNIDS))
-    (root / "words.txt").write_text("".join(f"{w}\tthing {i}\n" for i, w in enumerate(WNIDS)))
+    extra = [f"n{90000000 + i:08d}" for i in range(extra_classes)]
+    (root / "wnids.txt").write_text("".join(w + "\n" for w in WNIDS + extra))
+    (root / "words.txt").write_text("".join(f"{w}\tthing {i}\n"
+                                            for i, w in enumerate(WNIDS + extra)))
+    for i, wnid in enumerate(extra):
+        write_jpeg(root / "train" / wnid / "images" / f"{wnid}_0.JPEG", 200 + i)
     seed = 0
     for wnid in WNIDS:
         boxes = []
@@ -67,6 +73,11 @@ def write_tiny_imagenet(data_dir):
     (root / "val" / "val_annotations.txt").write_text("".join(lines))
     write_jpeg(root / "test" / "images" / "test_0.JPEG", 99)  # unlabelled: must be ignored
     return data_dir
+
+
+def load(data_dir):
+    """The fixture's three classes, read as the set's 200 would be."""
+    return load_tiny_imagenet(data_dir, num_classes=len(WNIDS))
 
 
 @pytest.fixture
@@ -103,7 +114,7 @@ def stamp(path):
 
 def one_line_error(data_dir, naming):
     with pytest.raises(DataUnavailable) as err:
-        load_tiny_imagenet(data_dir)
+        load(data_dir)
     message = str(err.value)
     assert "\n" not in message and message.strip() == message
     assert str(naming) in message, message
@@ -117,7 +128,7 @@ def no_tmp_files(data_dir):
 # -- decoding ---------------------------------------------------------------------------------
 
 def test_decodes_the_official_layout(data_dir):
-    train_x, train_y, val_x, val_y = load_tiny_imagenet(data_dir)
+    train_x, train_y, val_x, val_y = load(data_dir)
     assert train_x.dtype == val_x.dtype == torch.uint8
     assert train_y.dtype == val_y.dtype == torch.int64
     assert train_x.shape == (12, 3, 64, 64) and val_x.shape == (6, 3, 64, 64)
@@ -132,7 +143,7 @@ def test_decodes_the_official_layout(data_dir):
 
 
 def test_grayscale_and_cmyk_become_rgb(data_dir):
-    train_x, _, val_x, _ = load_tiny_imagenet(data_dir)
+    train_x, _, val_x, _ = load(data_dir)
     order = [p.name for p in train_paths(data_dir)]
     gray = train_x[order.index("n01629819_1.JPEG")]
     with Image.open(train_paths(data_dir)[order.index("n01629819_1.JPEG")]) as img:
@@ -155,7 +166,7 @@ def test_image_not_64x64_is_an_error_naming_it(data_dir):
 # -- the cache --------------------------------------------------------------------------------
 
 def test_second_load_reads_the_cache(data_dir, capsys):
-    first = load_tiny_imagenet(data_dir)
+    first = load(data_dir)
     assert "decoding Tiny-ImageNet train" in capsys.readouterr().err
     stamps = {split: stamp(cache_file(data_dir, split)) for split in ("train", "val")}
     # Same size and mtime, other bytes: the fingerprint still matches, so a load that decoded
@@ -164,7 +175,7 @@ def test_second_load_reads_the_cache(data_dir, capsys):
     st = path.stat()
     path.write_bytes(b"\0" * st.st_size)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    second = load_tiny_imagenet(data_dir)
+    second = load(data_dir)
     assert "decoding" not in capsys.readouterr().err
     for got, want in zip(second, first):
         assert torch.equal(got, want)
@@ -172,27 +183,27 @@ def test_second_load_reads_the_cache(data_dir, capsys):
 
 
 def test_changed_jpeg_rebuilds_the_cache(data_dir):
-    load_tiny_imagenet(data_dir)
+    load(data_dir)
     before = stamp(cache_file(data_dir, "val"))
     path = train_paths(data_dir)[6]
     old = path.stat()
     write_jpeg(path, seed=77)
     # what a later edit looks like, even if the clock has not ticked since the first load
     os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns + 10**9))
-    train_x, _, _, _ = load_tiny_imagenet(data_dir)
+    train_x, _, _, _ = load(data_dir)
     assert torch.equal(train_x[6], pil_decode(path))
     assert not torch.equal(train_x[6], pil_decode(train_paths(data_dir)[5]))
     assert stamp(cache_file(data_dir, "val")) == before  # val's source did not change
-    assert torch.equal(load_tiny_imagenet(data_dir)[0][6], pil_decode(path))
+    assert torch.equal(load(data_dir)[0][6], pil_decode(path))
 
 
 def test_relabelled_val_rebuilds_the_cache(data_dir):
-    load_tiny_imagenet(data_dir)
+    load(data_dir)
     path = root_of(data_dir) / "val" / "val_annotations.txt"
     old = path.stat()
     path.write_text(path.read_text().replace(WNIDS[0], WNIDS[2]))  # the same size
     os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns + 10**9))
-    _, _, _, val_y = load_tiny_imagenet(data_dir)
+    _, _, _, val_y = load(data_dir)
     assert val_y.tolist() == [2 if y == 0 else y for y in
                               (VAL_LABELS[n] for n in sorted(VAL_LABELS))]
 
@@ -216,11 +227,11 @@ CACHE_DAMAGE = {
 
 @pytest.mark.parametrize("damage", list(CACHE_DAMAGE))
 def test_damaged_cache_is_rebuilt(data_dir, damage):
-    first = load_tiny_imagenet(data_dir)
+    first = load(data_dir)
     path = cache_file(data_dir)
     size = path.stat().st_size
     CACHE_DAMAGE[damage](path)
-    for got, want in zip(load_tiny_imagenet(data_dir), first):
+    for got, want in zip(load(data_dir), first):
         assert torch.equal(got, want)
     assert path.stat().st_size == size
 
@@ -236,16 +247,16 @@ def test_interrupted_cache_write_leaves_no_cache(data_dir, monkeypatch):
 
     monkeypatch.setattr(np, "save", killed_on_the_images)
     with pytest.raises(KeyboardInterrupt):
-        load_tiny_imagenet(data_dir)
+        load(data_dir)
     monkeypatch.undo()
     assert not cache_file(data_dir).exists() and no_tmp_files(data_dir)
-    first = load_tiny_imagenet(data_dir)
+    first = load(data_dir)
     assert torch.equal(first[0], torch.stack([pil_decode(p) for p in train_paths(data_dir)]))
 
 
 def test_unwritable_cache_folder_falls_back_with_a_one_line_warning(data_dir, capsys):
     (root_of(data_dir) / "bntt-cache").write_text("not a folder")  # fails for root users too
-    train_x, train_y, val_x, val_y = load_tiny_imagenet(data_dir)
+    train_x, train_y, val_x, val_y = load(data_dir)
     assert torch.equal(train_x, torch.stack([pil_decode(p) for p in train_paths(data_dir)]))
     assert len(val_y) == 6
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
@@ -258,7 +269,7 @@ def test_read_only_data_falls_back_with_a_one_line_warning(data_dir, capsys):
     root = root_of(data_dir)
     root.chmod(0o555)
     try:
-        train_x = load_tiny_imagenet(data_dir)[0]
+        train_x = load(data_dir)[0]
     finally:
         root.chmod(0o755)
     assert train_x.shape == (12, 3, 64, 64)
@@ -279,7 +290,7 @@ def test_truncated_jpeg_is_one_line_naming_it(data_dir, cut):
 
 
 def test_corrupt_jpeg_after_a_good_build_keeps_no_half_cache(data_dir):
-    load_tiny_imagenet(data_dir)
+    load(data_dir)
     path = val_paths(data_dir)[3]
     path.write_bytes(b"this is not a JPEG")
     one_line_error(data_dir, path)
@@ -349,13 +360,112 @@ def test_missing_files_say_where_they_must_be(data_dir, missing):
     assert not (root_of(data_dir) / "bntt-cache").exists()
 
 
-def test_train_one_tiny_epoch_on_the_fixture(data_dir, tmp_path):
-    """train.py end to end: VGG11 at 64x64 with the 200 outputs of the set, on the fixture."""
+# -- files that are not images, and classes that are not the set's ------------------------------
+
+def load_within(data_dir, fifos, seconds=30):
+    """load(data_dir) in a thread; if it is still running after `seconds` (blocked opening one
+    of `fifos`), open each FIFO for writing and close it, so that the blocked open returns
+    and the test fails instead of hanging. Returns (arrays or None, DataUnavailable or None)."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["arrays"] = load(data_dir)
+        except DataUnavailable as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    hung = thread.is_alive()
+    while thread.is_alive():
+        for fifo in fifos:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # ENXIO: nobody has this one open for reading
+                pass
+        thread.join(0.1)
+    assert not hung, "the load blocked on a FIFO"
+    return outcome.get("arrays"), outcome.get("error")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+@pytest.mark.parametrize("where", [f"train/{WNIDS[1]}/images/{WNIDS[1]}_99.JPEG",
+                                   "val/images/val_9.JPEG"])
+def test_fifo_named_jpeg_is_skipped_not_opened(data_dir, where):
+    expected = load(data_dir)
+    shutil.rmtree(root_of(data_dir) / "bntt-cache")
+    fifo = root_of(data_dir) / where
+    os.mkfifo(fifo)
+    arrays, error = load_within(data_dir, [fifo])
+    assert error is None, error
+    for got, want in zip(arrays, expected):
+        assert torch.equal(got, want)
+    assert fifo.is_fifo() and cache_file(data_dir, "val").is_file()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_fifo_that_an_annotation_names_is_refused_not_opened(data_dir):
+    fifo = root_of(data_dir) / "val" / "images" / "val_9.JPEG"
+    os.mkfifo(fifo)
+    path = root_of(data_dir) / "val" / "val_annotations.txt"
+    with open(path, "a") as f:
+        f.write("val_9.JPEG\tn01443537\t0\t0\t10\t10\n")
+    _, error = load_within(data_dir, [fifo])
+    line = len(VAL_LABELS) + 1
+    assert str(error) == f"{path} line {line}: {fifo} is not a regular file", error
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+@pytest.mark.parametrize("name", ["wnids.txt", "val/val_annotations.txt"])
+def test_fifo_in_place_of_a_text_file_is_refused_not_opened(data_dir, name):
+    fifo = root_of(data_dir) / name
+    fifo.unlink()
+    os.mkfifo(fifo)
+    _, error = load_within(data_dir, [fifo])
+    assert str(error).startswith(f"{fifo} is not a regular file"), error
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_fifo_in_place_of_the_cache_is_replaced_not_opened(data_dir):
+    expected = load(data_dir)
+    fifo = cache_file(data_dir, "train")
+    fifo.unlink()
+    os.mkfifo(fifo)
+    arrays, error = load_within(data_dir, [fifo])
+    assert error is None, error
+    assert torch.equal(arrays[0], expected[0]) and fifo.is_file()
+
+
+def test_wnids_of_fewer_classes_than_the_set_is_refused(data_dir, tmp_path, capsys):
+    """The fixture lists 3 wnids, consistent with its folders: as the set's 200-way dataset it
+    is refused when the dataset is built, before a run folder is made."""
     import train
+    path = root_of(data_dir) / "wnids.txt"
+    message = (f"{path} lists 3 wnids, not the 200 classes of Tiny-ImageNet-200 that the "
+               "network has outputs for; unzip tiny-imagenet-200.zip again")
+    with pytest.raises(DataUnavailable) as refused:
+        load_tiny_imagenet(data_dir)
+    assert str(refused.value) == message
+    out = tmp_path / "runs"
+    code = train.cli(["--dataset", "tinyimagenet", "--arch", "vgg11", "--data_dir", str(data_dir),
+                      "--num_steps", "1", "--batch_size", "4", "--num_epochs", "1",
+                      "--num_workers", "0", "--device", "cpu", "--out_dir", str(out)])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"train.py: error: {message}"
+    assert not out.exists() and not (root_of(data_dir) / "bntt-cache").exists()
+
+
+def test_train_one_tiny_epoch_on_the_fixture(tmp_path):
+    """train.py end to end: VGG11 at 64x64 with the 200 outputs of the set, on the fixture with
+    the set's 200 classes (the first 12 training images: the fixture's first three classes)."""
+    import train
+    data_dir = write_tiny_imagenet(tmp_path / "data", extra_classes=197)
     out = tmp_path / "runs"
     code = train.cli(["--dataset", "tinyimagenet", "--arch", "vgg11", "--data_dir", str(data_dir),
                       "--num_steps", "2", "--batch_size", "4", "--lr", "0.05", "--num_epochs", "1",
-                      "--num_workers", "0", "--device", "cpu", "--out_dir", str(out), "--run_name", "t"])
+                      "--num_workers", "0", "--device", "cpu", "--out_dir", str(out), "--run_name", "t",
+                      "--train_samples", "12"])
     assert code == 0
     row = json.loads((out / "t" / "metrics.jsonl").read_text())
     assert row["train_images"] == 12 and row["test_images"] == 6

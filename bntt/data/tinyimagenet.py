@@ -10,6 +10,12 @@ takes minutes, so each split is decoded once into `<root>/bntt-cache/<split>.npy
 while the source's fingerprint (sha256 over the sorted relative paths, sizes and mtime_ns of
 wnids.txt, val_annotations.txt for val, and every JPEG of the split) is unchanged.
 
+wnids.txt must list the 200 classes of the set: the network has an output for each, and a list
+of fewer (an interrupted unzip, a hand-made subset) would train a 200-way classifier on them
+without a word. Only regular files (or links to them) are read as images; anything else named
+*.JPEG (a FIFO, a device, a folder) is skipped, as the CIFAR10-DVS reader skips it: opening a
+FIFO waits for a writer forever. An annotation naming such a file is refused.
+
 A cache file is three arrays saved one after the other with np.save: the fingerprint (a 0-d
 string), the labels (int64 [N]) and the images (uint8 [N, 3, 64, 64]); read them back with
 three np.load calls on one open file. It is written atomically, so a killed build leaves the
@@ -28,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bntt.checkpoint import write_atomic
-from bntt.data import DataUnavailable, _first_line
+from bntt.data import DataUnavailable, _first_line, dataset_info
 
 TINY_IMAGENET_FOLDER = "tiny-imagenet-200"
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -38,12 +44,15 @@ SIZE = 64
 JPEG_SUFFIXES = (".jpeg", ".jpg")
 
 
-def load_tiny_imagenet(data_dir):
-    """(train images uint8 [N, 3, 64, 64], train labels int64 [N], val images, val labels)."""
+def load_tiny_imagenet(data_dir, num_classes: int | None = None):
+    """(train images uint8 [N, 3, 64, 64], train labels int64 [N], val images, val labels).
+    wnids.txt must list `num_classes` classes (default: the registry's 200)."""
     data_dir = Path(data_dir)
     root = data_dir / TINY_IMAGENET_FOLDER
     wnids_file = root / "wnids.txt"
-    classes = _read_wnids(wnids_file, data_dir)
+    if num_classes is None:
+        num_classes = dataset_info("tinyimagenet").num_cls
+    classes = _read_wnids(wnids_file, data_dir, num_classes)
     annotations = root / "val" / "val_annotations.txt"
     splits = {"train": (_train_files(root, classes, data_dir), [wnids_file]),
               "val": (_val_files(root, classes, data_dir), [wnids_file, annotations])}
@@ -70,9 +79,14 @@ def _missing(data_dir: Path, what: Path) -> DataUnavailable:
         "as no checksummed mirror of it exists")
 
 
+def _not_regular(path: Path) -> DataUnavailable:
+    return DataUnavailable(f"{path} is not a regular file (a FIFO, a device or a folder?); "
+                           "replace it with the file of tiny-imagenet-200.zip")
+
+
 def _read_text(path: Path, data_dir: Path) -> list[str]:
     if not path.is_file():
-        raise _missing(data_dir, path)
+        raise _not_regular(path) if path.exists() else _missing(data_dir, path)
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -80,7 +94,7 @@ def _read_text(path: Path, data_dir: Path) -> list[str]:
                               "replace it with an intact copy") from None
 
 
-def _read_wnids(path: Path, data_dir: Path) -> dict[str, int]:
+def _read_wnids(path: Path, data_dir: Path, num_classes: int) -> dict[str, int]:
     classes, lines = {}, {}
     for number, line in enumerate(_read_text(path, data_dir), start=1):
         wnid = line.strip()
@@ -91,13 +105,19 @@ def _read_wnids(path: Path, data_dir: Path) -> dict[str, int]:
         classes[wnid], lines[wnid] = len(classes), number
     if not classes:
         raise DataUnavailable(f"{path} lists no wnids")
+    if len(classes) != num_classes:
+        raise DataUnavailable(f"{path} lists {len(classes)} wnids, not the {num_classes} classes "
+                              "of Tiny-ImageNet-200 that the network has outputs for; unzip "
+                              "tiny-imagenet-200.zip again")
     return classes
 
 
 def _jpegs(folder: Path, data_dir: Path) -> list[str]:
     if not folder.is_dir():
         raise _missing(data_dir, folder)
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(JPEG_SUFFIXES))
+    # is_file follows links; anything but a regular file is skipped (the module docstring)
+    names = sorted(entry.name for entry in os.scandir(folder)
+                   if entry.name.lower().endswith(JPEG_SUFFIXES) and entry.is_file())
     if not names:  # an interrupted unzip, most likely: training without the class is wrong
         raise DataUnavailable(f"{folder} holds no JPEG images; unzip tiny-imagenet-200.zip again")
     return names
@@ -131,7 +151,8 @@ def _val_files(root: Path, classes: dict[str, int], data_dir: Path) -> list[tupl
         if wnid not in classes:
             raise DataUnavailable(f"{where}: wnid {wnid!r} is not in {root / 'wnids.txt'}")
         if name not in on_disk:
-            raise DataUnavailable(f"{where}: {folder / name} does not exist")
+            found = "is not a regular file" if (folder / name).exists() else "does not exist"
+            raise DataUnavailable(f"{where}: {folder / name} {found}")
         if name in labels:
             raise DataUnavailable(f"{where}: {name} was already annotated on line {lines[name]}")
         labels[name], lines[name] = classes[wnid], number
@@ -181,6 +202,8 @@ def _decode(paths: list[Path], split: str) -> np.ndarray:
 
 def _read_cache(path: Path, fingerprint: str, labels: np.ndarray) -> np.ndarray | None:
     """The cached images if `path` is an intact cache of this very source, else None."""
+    if not path.is_file():  # absent, or a FIFO whose open would block
+        return None
     try:
         with open(path, "rb") as f:
             if str(np.load(f, allow_pickle=False)) != fingerprint:
