@@ -70,6 +70,35 @@ def test_truncated_idx_header_is_one_line_naming_the_file(tmp_path, cut):
     one_line_error("fashionmnist", folder, path)
 
 
+def test_idx_gz_is_decompressed_no_further_than_its_header_declares(tmp_path):
+    """A .gz of 50 KB holding a 6-image header and 50 MB of values: refused once one value
+    past the declared 6 x 28 x 28 is read, not decompressed whole."""
+    import tracemalloc
+    folder = write_fashion_mnist(tmp_path / "fm", train=6, test=3)
+    path = folder / "train-images-idx3-ubyte.gz"
+    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (6, 28, 28))
+    path.write_bytes(gzip.compress(header + bytes(50 * 2**20), compresslevel=1))
+    assert path.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        message = one_line_error("fashionmnist", folder, path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 * 2**20, peak
+    assert "holds more than the 4704 values its header declares (shape [6, 28, 28])" in message
+
+
+def test_idx_header_declaring_more_than_any_mnist_file_is_refused_unread(tmp_path):
+    folder = write_fashion_mnist(tmp_path / "fm", train=6, test=3)
+    path = folder / "t10k-images-idx3-ubyte.gz"
+    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (2**20, 28, 28))
+    path.write_bytes(gzip.compress(header + bytes(4704)))
+    message = one_line_error("fashionmnist", folder, path)
+    assert f"declares an array of shape [{2**20}, 28, 28], more than the" in message
+    assert "MAX_IDX_VALUES" in message
+
+
 class Unrelated:  # an importable class: the pickle below refers to it by name
     pass
 

@@ -37,6 +37,9 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 MNIST_SIZE = 28  # the height and width of every MNIST-format image, Fashion-MNIST's too
+# The largest MNIST-format file read here holds 47 million values (60,000 images of 28x28);
+# one whose header declares more is damaged, and its body is not decompressed.
+MAX_IDX_VALUES = 2**28
 OFFLINE_ENV = "BNTT_OFFLINE"  # set to 1 to never try a download
 
 
@@ -96,28 +99,37 @@ def dataset_info(name: str) -> DatasetInfo:
 # -- readers of the on-disk formats ---------------------------------------------------------
 
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format), gzip-compressed or not, as a uint8 array."""
+    """An IDX file (the MNIST format), gzip-compressed or not, as a uint8 array. The header is
+    read first and the body no further than one value past what it declares (at most
+    `MAX_IDX_VALUES`), so a small .gz cannot decompress into more memory than that."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
+            magic = f.read(4)
+            if len(magic) < 4 or magic[:3] != b"\0\0\x08":
+                raise DataUnavailable(f"{path} is not an unsigned-byte IDX file")
+            header = 4 + 4 * magic[3]
+            dims = f.read(header - 4)
+            if len(dims) < header - 4:
+                raise DataUnavailable(f"{path} is truncated: its header ends after "
+                                      f"{4 + len(dims)} of {header} bytes")
+            shape = tuple(int.from_bytes(dims[i:i + 4], "big") for i in range(0, len(dims), 4))
+            expected = math.prod(shape)  # exact: np.prod wraps around in int64 for absurd headers
+            if expected > MAX_IDX_VALUES:
+                raise DataUnavailable(f"{path} declares an array of shape {list(shape)}, more "
+                                      f"than the {MAX_IDX_VALUES} values (MAX_IDX_VALUES) of any "
+                                      "MNIST-format file; replace it with an intact copy")
+            data = f.read(expected + 1)
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise DataUnavailable(f"{path} cannot be read ({_first_line(exc)}); "
                               "replace it with an intact copy") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataUnavailable(f"{path} is not an unsigned-byte IDX file")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataUnavailable(f"{path} is truncated: its header ends after {len(data)} of "
-                              f"{header} bytes")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = math.prod(shape)  # exact: np.prod wraps around in int64 for absurd headers
-    body = np.frombuffer(data, dtype=np.uint8, offset=header)
-    if body.size != expected:
+    if len(data) > expected:
+        raise DataUnavailable(f"{path} holds more than the {expected} values its header "
+                              f"declares (shape {list(shape)}); replace it with an intact copy")
+    if len(data) < expected:
         raise DataUnavailable(f"{path} is truncated: expected {expected} values, "
-                              f"found {body.size}")
-    return body.reshape(shape)
+                              f"found {len(data)}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
