@@ -316,12 +316,15 @@ U8, I64 = torch.uint8, torch.int64
 
 
 @pytest.mark.parametrize("name,good,num_steps,split,sample,labels,shown", [
-    ("cifar10", (3, 32, 32), None, "train", ((4, 1, 32, 32), U8), ((4,), I64), "uint8 [4, 1, 32, 32]"),
+    ("cifar10", (3, 32, 32), None, "train", ((4, 1, 32, 32), U8), ((4,), I64),
+     "uint8 [4, 1, 32, 32]"),
     ("cifar10", (3, 32, 32), None, "test", ((4, 3, 32, 32), torch.float32), ((4,), I64),
      "float32 [4, 3"),
-    ("fashionmnist", (1, 32, 32), None, "test", ((4, 1, 28, 28), U8), ((4,), I64), "[4, 1, 28, 28]"),
+    ("fashionmnist", (1, 32, 32), None, "test", ((4, 1, 28, 28), U8), ((4,), I64),
+     "[4, 1, 28, 28]"),
     ("seqmnist", (1, 28, 28), None, "train", ((4, 1, 32, 32), U8), ((4,), I64), "[4, 1, 32, 32]"),
-    ("tinyimagenet", (3, 64, 64), None, "test", ((4, 3, 32, 32), U8), ((4,), I64), "[4, 3, 32, 32]"),
+    ("tinyimagenet", (3, 64, 64), None, "test", ((4, 3, 32, 32), U8), ((4,), I64),
+     "[4, 3, 32, 32]"),
     ("cifar10dvs", (2, 2, 48, 48), 2, "test", ((4, 3, 2, 48, 48), U8), ((4,), I64),
      "[4, 3, 2, 48, 48]"),
     ("cifar10dvs", (2, 2, 48, 48), None, "train", ((4, 2, 2, 64, 64), U8), ((4,), I64),

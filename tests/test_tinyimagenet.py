@@ -464,8 +464,8 @@ def test_train_one_tiny_epoch_on_the_fixture(tmp_path):
     out = tmp_path / "runs"
     code = train.cli(["--dataset", "tinyimagenet", "--arch", "vgg11", "--data_dir", str(data_dir),
                       "--num_steps", "2", "--batch_size", "4", "--lr", "0.05", "--num_epochs", "1",
-                      "--num_workers", "0", "--device", "cpu", "--out_dir", str(out), "--run_name", "t",
-                      "--train_samples", "12"])
+                      "--num_workers", "0", "--device", "cpu", "--out_dir", str(out),
+                      "--run_name", "t", "--train_samples", "12"])
     assert code == 0
     row = json.loads((out / "t" / "metrics.jsonl").read_text())
     assert row["train_images"] == 12 and row["test_images"] == 6
