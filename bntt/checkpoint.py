@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, safe loading, RNG state, and clear errors for mismatched models.
+"""Checkpoints: atomic writes, safe loading, RNG state, and clear errors for mismatched models;
+and how a run writes its other files (metrics lines, TensorBoard events).
 
 A checkpoint is a dict readable with `torch.load(path, weights_only=True)`. It keeps the keys of
 the authors' train.py (`state_dict`, `global_step` = completed epochs, `accuracy` = best test
@@ -9,13 +10,26 @@ A run folder holds `last.pt` (the end of the last finished epoch) and `best.pt` 
 the best test top-1). Wherever a command takes a checkpoint, a run folder stands for its
 last.pt: the model whose accuracy is reported, and the one a resumed run continues from.
 best.pt is read only when named.
+
+Every file a run writes is created new or replaced whole, never opened through a symbolic link:
+a link planted where a run file goes is replaced (write_atomic) or refused (append_bytes,
+create_new, EventFile), and the file it points to stays as it was. Each write happens in the
+calling thread, so a failure (a full disk) reaches the caller, which `reported_write` turns into
+one line.
 """
 from __future__ import annotations
 
+import errno
+import io
+import itertools
 import os
 import random
 import re
+import socket
+import stat
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +44,11 @@ class CheckpointError(Exception):
     """A checkpoint is missing, unreadable, or does not fit the model; the message says which."""
 
 
+class WriteError(Exception):
+    """A file could not be written (a full disk, no permission); the message says which file
+    and what is left as it was."""
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -41,6 +60,8 @@ def write_atomic(path, write) -> None:
     reader (or a resumed run after a kill) sees either the old file or the new one, never half
     of one. The file gets the permissions a plain open() would give (mkstemp's are 0600)."""
     path = Path(path)
+    # mkstemp opens with O_EXCL | O_NOFOLLOW, and the rename replaces whatever `path` is, a link
+    # included, without writing through it
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
@@ -58,6 +79,115 @@ def write_atomic(path, write) -> None:
 def save_atomic(obj, path) -> None:
     """torch.save `obj` to `path` atomically (see write_atomic)."""
     write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def create_new(path) -> int:
+    """A write-only descriptor of a file that did not exist: a file or link already at `path`
+    is an OSError (EEXIST), never opened."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd` in this thread, so that a failure is an OSError here."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def append_bytes(path, data: bytes) -> None:
+    """Append `data` to the regular file `path` (created if missing); a link or anything but a
+    regular file at `path` is an OSError, and the file it points to is not opened for writing."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                 | os.O_NONBLOCK, 0o666)  # O_NONBLOCK: a FIFO in the way must not hang the run
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def os_error_in(exc: BaseException | None) -> OSError | None:
+    """The OSError that `exc` is or that led to it, if any."""
+    while exc is not None and not isinstance(exc, OSError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+@contextmanager
+def reported_write(path, kept: str):
+    """Turn a failed write of `path` (an OSError, or torch's zip writer's RuntimeError caused by
+    one) into a one-line WriteError: `cannot write PATH (REASON); KEPT`."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        cause = os_error_in(exc)
+        if cause is None:
+            raise
+        reason = "no space left on device" if cause.errno == errno.ENOSPC else cause.strerror
+        raise WriteError(f"cannot write {path} ({reason or cause}); {kept}") from None
+
+
+_event_files = itertools.count()  # keeps apart the names of this process's events files
+
+
+def tensorflow_bins() -> list[float]:
+    """The histogram buckets of torch's SummaryWriter.add_histogram (bins="tensorflow")."""
+    v, buckets = 1e-12, []
+    while v < 1e20:
+        buckets.append(v)
+        v *= 1.1
+    return [-b for b in reversed(buckets)] + [0] + buckets
+
+
+class EventFile:
+    """A TensorBoard events file in `folder`, written by the calling thread at each `write()`.
+    torch's SummaryWriter writes from a thread of its own, which prints its own traceback when
+    the disk is full, and opens its file through a link planted under its name; here a failed
+    write is an OSError in the caller, and the file is created new (create_new)."""
+
+    def __init__(self, folder, purge_step: int | None = None):
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        self.path = Path(folder) / (f"events.out.tfevents.{int(time.time()):010d}."
+                                    f"{socket.gethostname()}.{os.getpid()}.{next(_event_files)}")
+        self._fd: int | None = None
+        self._pending = io.BytesIO()
+        self._bins = tensorflow_bins()
+        self._add(Event(file_version="brain.Event:2"))
+        if purge_step is not None:  # TensorBoard drops the older files' steps >= purge_step
+            self._add(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+    def _add(self, event) -> None:
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        event.wall_time = time.time()
+        RecordWriter(self._pending).write(event.SerializeToString())
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from torch.utils.tensorboard.summary import scalar
+
+        self._add(Event(step=step, summary=scalar(tag, value)))
+
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from torch.utils.tensorboard.summary import histogram
+
+        self._add(Event(step=step, summary=histogram(tag, values, self._bins)))
+
+    def write(self) -> None:
+        """Write the events added since the last call; the first call creates the file."""
+        if self._fd is None:
+            self._fd = create_new(self.path)
+        data = self._pending.getvalue()
+        self._pending = io.BytesIO()
+        write_all(self._fd, data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def checkpoint_file(path) -> Path:

@@ -4,7 +4,8 @@ import stat
 import pytest
 import torch
 
-from bntt.checkpoint import load_checkpoint, save_atomic, write_atomic
+from bntt.checkpoint import (WriteError, append_bytes, create_new, load_checkpoint, reported_write,
+                             save_atomic, write_all, write_atomic)
 
 
 @pytest.fixture
@@ -36,3 +37,30 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         write_atomic(target, fail)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_run_files_are_never_written_through_a_link(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"not the run's")
+    link = tmp_path / "metrics.jsonl"
+    link.symlink_to(target)
+    with pytest.raises(OSError):
+        append_bytes(link, b"a line\n")
+    with pytest.raises(FileExistsError):
+        create_new(link)
+    write_atomic(link, lambda f: f.write(b"new"))  # replaces the link itself
+    assert target.read_bytes() == b"not the run's"
+    assert not link.is_symlink() and link.read_bytes() == b"new"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_failed_write_is_one_line_naming_the_file_and_what_is_kept():
+    fd = os.open("/dev/full", os.O_WRONLY)  # every write fails with ENOSPC
+    try:
+        with pytest.raises(WriteError) as failed:
+            with reported_write("runs/r/metrics.jsonl", "last.pt still holds epoch 1"):
+                write_all(fd, b"x" * 100)
+    finally:
+        os.close(fd)
+    assert str(failed.value) == ("cannot write runs/r/metrics.jsonl (no space left on device); "
+                                 "last.pt still holds epoch 1")
