@@ -3,17 +3,23 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
-from bntt.checkpoint import CheckpointError
+from bntt.checkpoint import CheckpointError, WriteError
 from bntt.data import DataUnavailable
 
 
 class UsageError(Exception):
     """Bad flags or files given on the command line; the message says which."""
+
+
+class StoppedByRank0(Exception):
+    """Under torchrun: rank 0 refused to go on and has said why; this process stops with it,
+    silently, so that the reason is printed once."""
 
 
 def require(checks) -> None:
@@ -56,16 +62,40 @@ def pyplot():
     return plt
 
 
+DEVICES = "auto, cpu, cuda, cuda:N"
+
+
 def pick_device(name: str) -> torch.device:
+    """`auto` (CUDA if available), `cpu`, `cuda` or `cuda:N`: the devices the engines, the
+    autocast and the generators are written for. Any other name (meta, xpu, mps, ...) is a
+    UsageError, raised before a command writes anything."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if name == "cpu":
+        return torch.device("cpu")
+    cuda = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if cuda is None:
+        raise UsageError(f"device {name!r} is not supported; choose from {DEVICES}")
+    if not torch.cuda.is_available():
         raise UsageError(f"device {name} requested but CUDA is not available")
-    return device
+    if cuda.group(1) is not None and int(cuda.group(1)) >= torch.cuda.device_count():
+        raise UsageError(f"device {name} requested but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)
+
+
+@contextmanager
+def memory_for(what: str):
+    """An allocation that fails in the block (CPU or GPU) is one UsageError naming `what`:
+    sizes within the documented bounds can still exceed a machine's memory."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one
+        if not isinstance(exc, torch.OutOfMemoryError) and "can't allocate memory" not in str(exc):
+            raise
+        tried = re.search(r"tried to allocate [^.(]*", str(exc))
+        raise UsageError(f"not enough memory for {what}"
+                         f"{f' ({tried.group(0).strip()})' if tried else ''}") from None
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -91,13 +121,15 @@ def amp_warning(device: torch.device, enabled: bool) -> str | None:
 
 def run_cli(main, prog: str, argv=None) -> int:
     """Run main(argv); known failures become `prog: error: ...` on stderr and an exit code
-    (2 for bad input or missing data, 1 for a diverged run, 130 for Ctrl-C)."""
+    (2 for bad input, missing data or a failed write, 1 for a diverged run, 130 for Ctrl-C)."""
     if os.environ.get("RANK", "0") != "0" and os.environ.get("WORLD_SIZE", "1") != "1":
         prog = f"{prog} (rank {os.environ['RANK']})"  # under torchrun: which process says it
     try:
         return main(argv)
-    except (UsageError, CheckpointError, DataUnavailable) as exc:
+    except (UsageError, CheckpointError, DataUnavailable, WriteError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except StoppedByRank0:
         return 2
     except FloatingPointError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -162,6 +162,16 @@ def sum_over_processes(values, world: World, device) -> list[float]:
     return packed.tolist()
 
 
+def rank0_says(ok: bool, world: World, device) -> bool:
+    """Rank 0's `ok` on every process (the others pass anything): what only rank 0 can find out,
+    such as whether it got the run folder's lock, decided for all of them at once."""
+    if not world.launched:
+        return ok
+    flag = torch.tensor([int(bool(ok))], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def share_buffers(model: nn.Module, world: World) -> None:
     """Give every process rank 0's buffers (running statistics kept per process differ)."""
     if world.launched:
