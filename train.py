@@ -16,7 +16,6 @@ run folder's last.pt.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import math
 import random
@@ -35,11 +34,13 @@ from tqdm import tqdm
 
 from bntt import distributed, seeding
 from bntt.ann import ANN_ARCHS
-from bntt.checkpoint import (BEST_CHECKPOINT, RUN_CHECKPOINT, CheckpointError, checkpoint_file,
-                             load_checkpoint, load_model_state, model_state, rng_state,
-                             run_folder_of, save_atomic, set_rng_state)
+from bntt.checkpoint import (BEST_CHECKPOINT, RUN_CHECKPOINT, CheckpointError, EventFile,
+                             append_bytes, checkpoint_file, load_checkpoint, load_model_state,
+                             model_state, reported_write, rng_state, run_folder_of, save_atomic,
+                             set_rng_state)
 from bntt.checkpoint import write_atomic
-from bntt.cli import UsageError, amp_warning, autocast, pick_device, require, run_cli
+from bntt.cli import (DEVICES, StoppedByRank0, UsageError, amp_warning, autocast, memory_for,
+                      pick_device, require, run_cli)
 from bntt.coding import SEQUENCE_CODINGS, SEQUENCE_ORDERS
 from bntt.data import DATASETS, make_datasets, make_loaders
 from bntt.data.sampling import set_epoch
@@ -48,14 +49,14 @@ from bntt.engines import resolve as resolve_engine
 from bntt.names import check_name
 from bntt.norms import NORMS
 from bntt.paper import sgd
-from bntt.runlock import RunFolderBusy, RunLock
+from bntt.runlock import LOCK_NAME, RunFolderBusy, RunFolderUnsafe, RunLock, check_run_folder
 from bntt.models import ARCHS, build_for_dataset
 from utill import correct_topk, lr_at_epoch
 
 # name: (type, default, help). Defaults up to test_display_freq are the authors'.
 OPTIONS = {
     "seed": (int, 0, "random seed"),
-    "num_steps": (int, 25, "number of time steps T"),
+    "num_steps": (int, 25, "number of time steps T (at most 4096)"),
     "batch_size": (int, 128, "training batch size (the test batch is twice this)"),
     "lr": (float, 0.1, "initial learning rate (divided by 10 after 50%%, 70%%, 90%% of the epochs)"),
     "leak_mem": (float, 0.99, "membrane leak lambda"),
@@ -63,12 +64,12 @@ OPTIONS = {
                            "datasets; *_ann: the non-spiking twins)"),
     "dataset": (str, "cifar100", f"dataset: {', '.join(DATASETS)}"),
     "num_epochs": (int, 120, "number of epochs"),
-    "num_workers": (int, 4, "data loader worker processes"),
+    "num_workers": (int, 4, "data loader worker processes (at most 256)"),
     "train_display_freq": (int, 10, "print the training loss every N epochs"),
     "test_display_freq": (int, 10, "evaluate on the test set every N epochs (and after the last)"),
     "data_dir": (str, "./data", "where datasets are read from (and downloaded to)"),
     "download": (bool, False, "download the dataset even if it is present"),
-    "device": (str, "auto", "auto (CUDA if available), cpu, cuda, cuda:N"),
+    "device": (str, "auto", f"{DEVICES} (auto: CUDA if available)"),
     "out_dir": (str, "runs", "parent folder of run folders"),
     "run_name": (str, "", "run folder name (default: built from the hyperparameters)"),
     "resume": (str, "", "continue the run in this run folder (its last.pt) or from this checkpoint file"),
@@ -84,7 +85,8 @@ OPTIONS = {
                                "(T = 784)"),
     "seq_coding": (str, "direct", "sequence datasets: feed intensities as input currents (direct) "
                                   "or as spikes firing with their probability (poisson)"),
-    "fc_hidden": (str, "256,256", "arch fc: hidden layer sizes, comma-separated"),
+    "fc_hidden": (str, "256,256", "arch fc: hidden layer sizes, comma-separated (at most 64 "
+                                  "layers of at most 16384)"),
     "norm": (str, "bntt", "normalisation of every spiking layer: bntt (the paper), bn (one "
                           "BatchNorm shared by all steps), tdbn (threshold-dependent), none"),
     "bntt_sync": (str, "global", "under torchrun: BNTT statistics of every step over the global "
@@ -99,6 +101,13 @@ RESUME_OVERRIDABLE = {"device", "data_dir", "download", "train_display_freq", "t
 # What a checkpoint must hold to be resumed.
 TRAINING_STATE = ("state_dict", "optimizer", "epoch", "accuracy", "best_epoch", "rng", "config")
 SEED_RANGE = 2 ** 32  # NumPy's seeds are 32-bit
+# Upper bounds, so that a typo is one line rather than an allocation failure or a fork storm:
+# the paper's runs use T <= 30 and Sequential MNIST read by pixels T = 784.
+MAX_STEPS, MAX_WORKERS, MAX_HIDDEN_LAYERS, MAX_HIDDEN_SIZE = 4096, 256, 64, 16384
+METRICS, CONFIG = "metrics.jsonl", "config.json"
+# The files a run writes in its folder (fnmatch patterns): none may be a link, or the run would
+# write through it (bntt/runlock.py). Temporaries of write_atomic are created new, never opened.
+RUN_FILES = (LOCK_NAME, RUN_CHECKPOINT, BEST_CHECKPOINT, METRICS, CONFIG, "events.out.tfevents.*")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,16 +139,24 @@ def read_config_file(path: str) -> dict:
         raise UsageError(f"config file {path} is not UTF-8 text (TOML files are)") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
-    for key, value in values.items():
+    for key in values:
         if key not in OPTIONS:
             raise UsageError(f"unknown key {key!r} in {path}")
+    return typed_options(values, path)
+
+
+def typed_options(values: dict, source) -> dict:
+    """`values` (options read from `source`: a config file or a checkpoint's config) with each
+    of the type OPTIONS gives it (an int is taken for a float); any other type is a UsageError."""
+    typed = {}
+    for key, value in values.items():
         kind = OPTIONS[key][0]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise UsageError(f"{key} in {path} must be {kind.__name__}, got {value!r}")
-        values[key] = value
-    return values
+            raise UsageError(f"{key} in {source} must be {kind.__name__}, got {value!r}")
+        typed[key] = value
+    return typed
 
 
 def validate(cfg: dict) -> None:
@@ -153,11 +170,13 @@ def validate(cfg: dict) -> None:
         raise UsageError(str(err)) from None
     checks = [
         (cfg["num_steps"] >= 1, f"num_steps must be >= 1, got {cfg['num_steps']}"),
+        (cfg["num_steps"] <= MAX_STEPS, f"num_steps must be at most {MAX_STEPS}, got {cfg['num_steps']}"),
         (cfg["batch_size"] >= 1, f"batch_size must be >= 1, got {cfg['batch_size']}"),
         (cfg["num_epochs"] >= 1, f"num_epochs must be >= 1, got {cfg['num_epochs']}"),
         (cfg["lr"] > 0 and math.isfinite(cfg["lr"]), f"lr must be positive, got {cfg['lr']}"),
         (0 < cfg["leak_mem"] <= 1, f"leak_mem must be in (0, 1], got {cfg['leak_mem']}"),
-        (cfg["num_workers"] >= 0, f"num_workers must be >= 0, got {cfg['num_workers']}"),
+        (0 <= cfg["num_workers"] <= MAX_WORKERS,
+         f"num_workers must be in 0..{MAX_WORKERS}, got {cfg['num_workers']}"),
         (cfg["train_display_freq"] >= 1 and cfg["test_display_freq"] >= 1,
          "train_display_freq and test_display_freq must be >= 1"),
         (cfg["train_samples"] >= 0 and cfg["test_samples"] >= 0,
@@ -183,6 +202,9 @@ def hidden_sizes(cfg: dict) -> tuple[int, ...]:
         sizes = ()
     if not sizes or min(sizes) < 1:
         raise ValueError(f"fc_hidden must be positive sizes separated by commas, got {cfg['fc_hidden']!r}")
+    if len(sizes) > MAX_HIDDEN_LAYERS or max(sizes) > MAX_HIDDEN_SIZE:
+        raise ValueError(f"fc_hidden must be at most {MAX_HIDDEN_LAYERS} sizes of at most "
+                         f"{MAX_HIDDEN_SIZE}, got {cfg['fc_hidden']!r}")
     return sizes
 
 
@@ -223,10 +245,11 @@ def resolve_config(argv) -> tuple[dict, dict | None]:
                              f"(no {', '.join(missing)}; was it written by this train.py?)")
         if not isinstance(ckpt["config"], dict):
             raise UsageError(f"{checkpoint_file(cfg['resume'])} holds no run configuration")
-        saved = dict(ckpt["config"])
+        saved = typed_options({k: v for k, v in ckpt["config"].items() if k in OPTIONS},
+                              checkpoint_file(cfg["resume"]))
         for key, value in given.items():
-            if key in RESUME_OVERRIDABLE:
-                saved[key] = value
+            if key in RESUME_OVERRIDABLE or (key == "drop_last_test" and not value):
+                saved[key] = value  # drop_last_test: the way out of a run that scored nothing
             elif saved.get(key) != value:
                 raise UsageError(f"cannot change {key} when resuming: the checkpoint was trained "
                                  f"with {key}={saved.get(key)!r}, not {value!r}")
@@ -289,6 +312,12 @@ def load_data(cfg: dict, pin_memory: bool, world: distributed.World):
     if len(train_set) < cfg["batch_size"]:
         raise UsageError(f"batch_size {cfg['batch_size']} is larger than the {len(train_set)} "
                          "training images (training drops the last partial batch)")
+    if cfg["drop_last_test"] and len(test_set) < 2 * cfg["batch_size"]:
+        raise UsageError(f"--drop_last_test scores only full test batches of {2 * cfg['batch_size']} "
+                         f"images (twice batch_size), and there are {len(test_set)} test images: "
+                         "nothing would be scored; "
+                         + ("resume with --no-drop_last_test to score them all" if cfg["resume"]
+                            else "drop --drop_last_test or lower --batch_size"))
     return make_loaders(train_set, test_set, cfg["batch_size"], 2 * cfg["batch_size"],
                         cfg["num_workers"], cfg["drop_last_test"], pin_memory=pin_memory,
                         seed=cfg["seed"], rank=world.rank, world=world.size)
@@ -301,6 +330,10 @@ def prepare_run(cfg: dict, ckpt: dict | None, world: distributed.World | None = 
     world = world or distributed.World()
     device = pick_device(process_device(cfg["device"]))
     folder = run_folder(cfg)
+    try:
+        check_run_folder(folder, RUN_FILES)
+    except RunFolderUnsafe as exc:
+        raise UsageError(str(exc)) from None
     if not cfg["resume"] and (folder / RUN_CHECKPOINT).exists():
         raise UsageError(f"{folder} already holds a run; continue it with --resume {folder} "
                          "or pick another --run_name")
@@ -309,12 +342,18 @@ def prepare_run(cfg: dict, ckpt: dict | None, world: distributed.World | None = 
                          f"among the {world.size} processes")
     seed_everything(cfg["seed"])
     try:  # the initial weights are the first draws after the seed (loading data draws none)
-        model = build_network(cfg)
+        with memory_for("the network"):
+            model = build_network(cfg)
     except ValueError as err:
         raise UsageError(str(err)) from None
     train_loader, test_loader = load_data(cfg, device.type == "cuda", world)
+    if (ckpt is not None and ckpt["config"].get("drop_last_test") is True and not cfg["drop_last_test"]
+            and len(test_loader.dataset) >= 2 * cfg["batch_size"]):  # it scored test images
+        raise UsageError("cannot change drop_last_test when resuming: the checkpoint was trained "
+                         "with drop_last_test=True, not False")
     try:
-        model = model.to(device).set_engine(cfg["engine"])
+        with memory_for("the network"):
+            model = model.to(device).set_engine(cfg["engine"])
     except RuntimeError as err:
         raise UsageError(f"--engine {cfg['engine']}: {err}") from None
     try:
@@ -427,8 +466,9 @@ def claim_folder(run: Run) -> RunLock:
     and temporaries left by a killed checkpoint write can go."""
     try:
         run.folder.mkdir(parents=True, exist_ok=True)
+        check_run_folder(run.folder, RUN_FILES)  # again: mkdir accepts a link to a folder
         lock = RunLock(run.folder).acquire()
-    except RunFolderBusy as exc:
+    except (RunFolderBusy, RunFolderUnsafe) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot create the run folder {run.folder}: "
@@ -439,43 +479,66 @@ def claim_folder(run: Run) -> RunLock:
                          f"{run.folder} or pick another --run_name")
     for name in (RUN_CHECKPOINT, BEST_CHECKPOINT):
         for stale in run.folder.glob(f".{name}.*.tmp"):  # see bntt.checkpoint.write_atomic
-            stale.unlink()
+            if stale.is_symlink() or stale.is_file():  # unlinking a link leaves its target
+                stale.unlink()
     return lock
 
 
+def claim_folder_for_job(run: Run):
+    """claim_folder on rank 0, whose answer every process learns before the first exchange of
+    training: a folder in use stops the whole job with rank 0's one line."""
+    lock, refusal = None, None
+    if run.world.is_main:
+        try:
+            lock = claim_folder(run)
+        except BaseException as exc:  # told to the others before it stops this process
+            refusal = exc
+    if not distributed.rank0_says(refusal is None, run.world, run.device):
+        raise refusal if run.world.is_main else StoppedByRank0()
+    return lock if lock is not None else nullcontext()
+
+
+def kept_checkpoint(epoch: int) -> str:
+    """What the run folder holds when 1-based `epoch` stops before its checkpoint."""
+    return f"{RUN_CHECKPOINT} still holds epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
+
+
 class Outputs:
-    """The run folder's logs: config.json, metrics.jsonl (one line per epoch) and TensorBoard."""
+    """The run folder's logs: config.json, metrics.jsonl (one line per epoch) and TensorBoard
+    events. A write that fails (a full disk) is one WriteError that says what was kept."""
 
     def __init__(self, run: Run):
-        from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
-
-        self.metrics_path = run.folder / "metrics.jsonl"
+        self.metrics_path = run.folder / METRICS
         kept = read_metrics(self.metrics_path, run.start_epoch)  # epochs the checkpoint holds
-        write_atomic(run.folder / "config.json",
-                     lambda f: f.write((json.dumps(run.cfg, indent=2) + "\n").encode()))
-        write_atomic(self.metrics_path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
-        self.writer = SummaryWriter(str(run.folder),
-                                    purge_step=run.start_epoch + 1 if run.start_epoch else None)
+        for path, data in ((run.folder / CONFIG, json.dumps(run.cfg, indent=2) + "\n"),
+                           (self.metrics_path, "".join(line + "\n" for line in kept))):
+            with reported_write(path, f"the previous {path.name}, if any, is intact"):
+                write_atomic(path, lambda f: f.write(data.encode()))
+        self.events = EventFile(run.folder, purge_step=run.start_epoch + 1 if run.start_epoch else None)
+        with reported_write(self.events.path, "no checkpoint was changed"):
+            self.events.write()
 
     def log(self, row: dict, model) -> None:
-        epoch = row["epoch"]
+        epoch, events = row["epoch"], self.events
         for key in ("train_loss", "train_top1", "train_top5", "test_loss", "test_top1", "test_top5"):
             if key in row:
                 split, metric = key.split("_")
-                self.writer.add_scalar(f"{split}/{metric}", row[key], epoch)
-        self.writer.add_scalar("lr", row["lr"], epoch)
-        self.writer.add_scalar("time/epoch_seconds", row["epoch_seconds"], epoch)
-        self.writer.add_scalar("time/train_img_s", row["train_img_s"], epoch)
+                events.scalar(f"{split}/{metric}", row[key], epoch)
+        events.scalar("lr", row["lr"], epoch)
+        events.scalar("time/epoch_seconds", row["epoch_seconds"], epoch)
+        events.scalar("time/train_img_s", row["train_img_s"], epoch)
         for name, bn in model.bntt_layers():
             gammas = bn.weight.detach().float().cpu()
             for t in range(bn.num_steps):
-                self.writer.add_histogram(f"gamma/{name}/t{t:02d}", gammas[t], epoch)
-        self.writer.flush()
-        with open(self.metrics_path, "a") as f:  # before the checkpoint: see read_metrics
-            f.write(json.dumps(row) + "\n")
+                events.histogram(f"gamma/{name}/t{t:02d}", gammas[t], epoch)
+        with reported_write(events.path, kept_checkpoint(epoch)):
+            events.write()
+        with reported_write(self.metrics_path, kept_checkpoint(epoch)):
+            # before the checkpoint (see read_metrics); never through a link planted there
+            append_bytes(self.metrics_path, (json.dumps(row) + "\n").encode())
 
     def close(self) -> None:
-        self.writer.close()
+        self.events.close()
 
 
 def read_metrics(path: Path, up_to_epoch: int) -> list[str]:
@@ -505,22 +568,8 @@ def save_checkpoints(run: Run, epoch: int, improved: bool) -> None:
             "best_epoch": run.best_epoch, "epoch": epoch, "optimizer": run.optimizer.state_dict(),
             "rng": rng_state(), "config": run.cfg}
     for name in ([BEST_CHECKPOINT] if improved else []) + [RUN_CHECKPOINT]:
-        try:
+        with reported_write(run.folder / name, f"the previous {name}, if any, is intact"):
             save_atomic(ckpt, run.folder / name)
-        except (OSError, RuntimeError) as exc:
-            cause = os_error_in(exc)  # torch's zip writer reports a failed write as RuntimeError
-            if cause is None:
-                raise
-            reason = "no space left on device" if cause.errno == errno.ENOSPC else cause.strerror
-            raise CheckpointError(f"cannot write {run.folder / name} ({reason or cause}); the "
-                                  f"previous {name}, if any, is intact") from None
-
-
-def os_error_in(exc: BaseException | None) -> OSError | None:
-    """The OSError that `exc` is or that led to it, if any."""
-    while exc is not None and not isinstance(exc, OSError):
-        exc = exc.__cause__ or exc.__context__
-    return exc
 
 
 def check_finite(run: Run, epoch: int) -> None:
@@ -531,10 +580,8 @@ def check_finite(run: Run, epoch: int) -> None:
                for name, p in run.model.named_parameters() if p in run.optimizer.state}
     for name, value in {**state, **momenta}.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all()):
-            kept = (f"{RUN_CHECKPOINT} still holds epoch {epoch - 1}" if epoch > 1
-                    else "no checkpoint was written")
             raise FloatingPointError(f"training diverged in epoch {epoch}: {name} holds non-finite "
-                                     f"values; {kept}. Try a lower --lr")
+                                     f"values; {kept_checkpoint(epoch)}. Try a lower --lr")
 
 
 def run_epoch(run: Run, epoch: int) -> dict:
@@ -563,7 +610,8 @@ def train_epochs(run: Run, outputs: Outputs) -> dict | None:
                   total=cfg["num_epochs"], dynamic_ncols=True, disable=outputs is None)
     for epoch in epochs:
         row = run_epoch(run, epoch)
-        improved = "test_top1" in row and row["test_top1"] > run.best_acc
+        # the first evaluation is the best so far whatever it scored (0% included)
+        improved = "test_top1" in row and (run.best_epoch == 0 or row["test_top1"] > run.best_acc)
         if "test_top1" in row:
             last_eval = {k: v for k, v in row.items() if k.startswith("test_")}
         if improved:
@@ -588,7 +636,12 @@ def main(argv=None) -> int:
     world = distributed.start(pick_device(process_device(cfg["device"])))
     try:
         run = prepare_run(cfg, ckpt, world)
-        with claim_folder(run) if world.is_main else nullcontext():
+        if run.start_epoch == cfg["num_epochs"]:  # a finished run: its folder is left untouched
+            if world.is_main:
+                print(f"nothing to do: {run.folder} already finished {run.start_epoch} epochs "
+                      f"(best top-1 {run.best_acc:.2f}% at epoch {run.best_epoch})")
+            return 0
+        with claim_folder_for_job(run):
             return train_in_folder(run)
     finally:
         distributed.stop(world)
@@ -618,14 +671,11 @@ def train_in_folder(run: Run) -> int:
         print(f"\ninterrupted; continue with: python train.py --resume {run.folder} "
               "(it restarts the unfinished epoch)", file=sys.stderr)
         raise
-    outputs.close()
-    if last_eval is None:
-        print(f"nothing to do: {run.folder} already finished {run.start_epoch} epochs "
-              f"(best top-1 {run.best_acc:.2f}% at epoch {run.best_epoch})")
-    else:
-        print(f"test accuracy: top-1 {last_eval['test_top1']:.2f}%, top-5 {last_eval['test_top5']:.2f}% "
-              f"on {last_eval['test_images']} images (best top-1 {run.best_acc:.2f}% at epoch "
-              f"{run.best_epoch}); run folder {run.folder}")
+    finally:
+        outputs.close()
+    print(f"test accuracy: top-1 {last_eval['test_top1']:.2f}%, top-5 {last_eval['test_top5']:.2f}% "
+          f"on {last_eval['test_images']} images (best top-1 {run.best_acc:.2f}% at epoch "
+          f"{run.best_epoch}); run folder {run.folder}")
     return 0
 
 

@@ -238,6 +238,24 @@ def test_batch_that_does_not_divide_among_processes_is_refused(tmp_path):
     assert not (tmp_path / "quickstart").exists()
 
 
+def test_a_job_on_a_folder_in_use_stops_every_process_with_one_line(tmp_path):
+    """Only rank 0 takes the lock; the others must hear of a refusal before they train, or they
+    would die at their first exchange with rank 0 gone, each with a long traceback."""
+    from bntt.runlock import RunLock
+    folder = tmp_path / "quickstart"
+    folder.mkdir()
+    with RunLock(folder):
+        job = torchrun_train([*TINY, "--out_dir", str(tmp_path)])
+        output = job.communicate(timeout=300)[0]
+    assert job.returncode != 0
+    refusals = [line for line in output.splitlines() if "error:" in line]
+    assert refusals == [f"train.py: error: {folder} is in use by process {os.getpid()} on "
+                        f"{refusals[0].split(' on ', 1)[1]}"], output
+    # torchrun reports the exit codes itself; no process of train.py shows a traceback
+    assert 'train.py", line' not in output and "gloo" not in output.lower(), output
+    assert [p.name for p in folder.iterdir()] == [".lock"]
+
+
 @pytest.mark.parametrize("arch,norm,message", [
     ("vgg9", "bn", "--norm bn shares one set of statistics by all steps"),
     ("vgg9", "tdbn", "--norm tdbn shares one set of statistics by all steps"),
