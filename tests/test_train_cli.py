@@ -72,7 +72,11 @@ def test_amp_trains_in_bf16_on_a_cpu(tmp_path):
         assert ("bf16 autocast" in result.stdout) == (name == "bf16")
         losses[name] = metrics(tmp_path / name)[0]["train_loss"]
     assert losses["bf16"] != losses["fp32"]
-    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.05)
+    # Near, not close: an untrained VGG9 at T=2 has many membranes near the threshold, so bf16's
+    # rounding flips spikes, and the flips grow over the epoch's 4 SGD steps. The float32
+    # engines themselves land 0.11 apart here (train loss 2.57 and 2.68); a broken bf16 path
+    # (NaN, no learning, a wrong cast) lands far from both.
+    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.25)
     state = torch.load(tmp_path / "bf16" / "last.pt", weights_only=True)["state_dict"]
     assert state["conv1.weight"].dtype == torch.float32
 
