@@ -102,14 +102,22 @@ def spike_dtype(x: torch.Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
-def _norm_stack(out: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
-    """Channels-last conv output [n * B, C, H, W] (n steps) -> [n, B, C, H, W] in `dtype`, in
-    [B, n, C, H, W] memory: BNTT's stack of steps [B, n * C, H, W] is then contiguous, the layout
-    in which batch_norm's statistics are accurate on a CPU (bntt.bntt.batch_norm). One copy,
-    which also makes the cast to BNTT's float32 under autocast."""
+def _norm_stack(out: torch.Tensor, batch: int, dtype: torch.dtype,
+                training: bool = True) -> torch.Tensor:
+    """Channels-last conv output [n * B, C, H, W] (n steps) -> [n, B, C, H, W] in `dtype`, by
+    one copy, which also makes the cast to BNTT's float32 under autocast. Laid out so that
+    BNTT's stack of steps [B, n * C, H, W] is, in training, contiguous ([B, n, C, H, W] memory),
+    where batch_norm's statistics are accurate on a CPU (bntt.bntt.batch_norm), and in
+    evaluation, which takes no statistics, a channels-last view ([B, H, W, n, C] memory), which
+    batch_norm and the neuron's scan into the next convolution's channels-last input run
+    fastest on."""
     steps = out.unflatten(0, (-1, batch))
-    z = torch.empty(steps.transpose(0, 1).shape, dtype=dtype, device=out.device)
-    return z.copy_(steps.transpose(0, 1)).transpose(0, 1)
+    if training:
+        z = torch.empty(steps.transpose(0, 1).shape, dtype=dtype, device=out.device)
+        return z.copy_(steps.transpose(0, 1)).transpose(0, 1)
+    steps_last = steps.permute(1, 3, 4, 0, 2)
+    z = torch.empty(steps_last.shape, dtype=dtype, device=out.device)
+    return z.copy_(steps_last).permute(3, 0, 4, 1, 2)
 
 
 def run_cpu(model, spikes: torch.Tensor) -> torch.Tensor:
@@ -145,7 +153,8 @@ def _run_cpu_block(model, layers, spikes: torch.Tensor, first: int, membranes: l
                                                       batch, membranes[i], out_dtype)
         elif isinstance(synapse, nn.Conv2d):
             out = synapse(x)
-            z = _norm_stack(out, batch, torch.promote_types(out.dtype, synapse.weight.dtype))
+            z = _norm_stack(out, batch, torch.promote_types(out.dtype, synapse.weight.dtype),
+                            norm.training)
             x, membranes[i] = lif_scan(norm(z, first_step=first), leak, threshold,
                                        membranes[i], out_dtype, torch.channels_last)
         else:
