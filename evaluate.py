@@ -13,8 +13,6 @@ events, and gamma.png / accuracy.png when matplotlib is installed.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -23,9 +21,9 @@ import torch
 from tqdm import tqdm
 
 from bntt import early_exit
-from bntt.analysis import check_out_dir, make_out_dir
+from bntt.analysis import check_out_dir, csv_bytes, make_out_dir, write_report
 from bntt.ann import ANN_ARCHS
-from bntt.checkpoint import checkpoint_file, write_atomic
+from bntt.checkpoint import EventFile, checkpoint_file
 from bntt.cli import (UsageError, autocast, check_scoring_flags, pick_device, pyplot,
                       require_positive, run_cli)
 from bntt.data import DATASETS
@@ -139,16 +137,6 @@ def print_report(report: dict, layers: list) -> None:
         print(f"{row['threshold']:>9g} {row['top1']:>7.2f} {row['mean_steps']:>10.2f}")
 
 
-def csv_bytes(rows: list) -> bytes:
-    if not rows:
-        return b""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue().encode()
-
-
 def write_outputs(report: dict, layers: list, out_dir: Path, plots: bool) -> list:
     files = {
         "early_exit.json": (json.dumps(report, indent=2) + "\n").encode(),
@@ -156,20 +144,16 @@ def write_outputs(report: dict, layers: list, out_dir: Path, plots: bool) -> lis
         "gamma.csv": csv_bytes(report["gamma"]),
         "sample_exit.csv": csv_bytes(report["sample_exit"]),
     }
-    for name, data in files.items():
-        write_atomic(out_dir / name, lambda f, data=data: f.write(data))
-
-    from torch.utils.tensorboard import SummaryWriter
-    with SummaryWriter(str(out_dir)) as writer:
-        for row in report["per_step"]:
-            writer.add_scalar("early_exit/top1_after_t_steps", row["top1"], row["t"])
-        for g in report["gamma"]:
-            writer.add_scalar(f"early_exit/gamma_mean/{g['layer']}", g["mean"], g["t"])
-        for i, row in enumerate(report["sample_exit"]):
-            writer.add_scalar("early_exit/sample_exit_top1", row["top1"], i)
-            writer.add_scalar("early_exit/sample_exit_mean_steps", row["mean_steps"], i)
-        writer.add_text("early_exit/summary", json.dumps(report["gamma_exit"]))
-    written = list(files)
+    events = EventFile(out_dir)
+    for row in report["per_step"]:
+        events.scalar("early_exit/top1_after_t_steps", row["top1"], row["t"])
+    for g in report["gamma"]:
+        events.scalar(f"early_exit/gamma_mean/{g['layer']}", g["mean"], g["t"])
+    for i, row in enumerate(report["sample_exit"]):
+        events.scalar("early_exit/sample_exit_top1", row["top1"], i)
+        events.scalar("early_exit/sample_exit_mean_steps", row["mean_steps"], i)
+    events.text("early_exit/summary", json.dumps(report["gamma_exit"]))
+    written = write_report(out_dir, files, events)
     if plots:
         written += plot(report, layers, out_dir)
     return written

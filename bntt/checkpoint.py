@@ -176,6 +176,12 @@ class EventFile:
 
         self._add(Event(step=step, summary=histogram(tag, values, self._bins)))
 
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from torch.utils.tensorboard.summary import text as text_summary
+
+        self._add(Event(step=step, summary=text_summary(tag, text)))
+
     def write(self) -> None:
         """Write the events added since the last call; the first call creates the file."""
         if self._fd is None:

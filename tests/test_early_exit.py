@@ -103,9 +103,30 @@ def test_evaluate_cli_end_to_end(trained_run, tmp_path, capsys):
     assert "gamma exit (alpha=0.1): never" in printed
     for name in ("accuracy_per_step.csv", "gamma.csv", "sample_exit.csv"):
         assert (out / name).read_text().count("\n") > 1
-    assert list(out.glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    (events,) = out.glob("events.out.tfevents.*")
+    logged = EventAccumulator(str(events)).Reload()
+    assert [(e.step, e.value) for e in logged.Scalars("early_exit/top1_after_t_steps")] == \
+        [(r["t"], pytest.approx(r["top1"])) for r in report["per_step"]]
+    assert "early_exit/summary/text_summary" in logged.Tags()["tensors"]
     pytest.importorskip("matplotlib")
     assert (out / "gamma.png").stat().st_size > 1000 and (out / "accuracy.png").stat().st_size > 1000
+
+
+def test_evaluate_report_that_cannot_be_written_is_one_line(trained_run, tmp_path, capsys):
+    """A write that fails after the pass (here a folder where the report goes; a full disk is
+    the same OSError) is one line naming the file, and no TensorBoard writer thread prints."""
+    out = tmp_path / "ee"
+    (out / "gamma.csv").mkdir(parents=True)
+    code = evaluate.cli(["--checkpoint", str(trained_run), "--test_samples", "80", "--out_dir",
+                         str(out), "--no_plots"])
+    err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
+           if line.strip() and "%|" not in line]  # without the progress bar
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"evaluate.py: error: cannot write {out / 'gamma.csv'} (")
+    assert err[0].endswith("; the files written before it are whole")
+    assert (out / "accuracy_per_step.csv").read_text().count("\n") > 1  # written before it
+    assert not list(out.glob("events.out.tfevents.*")) and not list(out.glob(".*.tmp"))
 
 
 def test_evaluate_exits_where_the_gammas_say(trained_run, tmp_path, capsys):

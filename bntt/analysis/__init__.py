@@ -3,9 +3,12 @@ rates and energy (activity.py) and robustness to noise and attacks (robustness.p
 output folder that they and evaluate.py write their reports into."""
 from __future__ import annotations
 
+import csv
+import io
 import os
 from pathlib import Path
 
+from bntt.checkpoint import EventFile, reported_write, write_atomic
 from bntt.cli import UsageError
 
 
@@ -40,3 +43,28 @@ def make_out_dir(out_dir: Path) -> None:
     except OSError as exc:
         raise UsageError(f"cannot create the output folder {out_dir}: "
                          f"{exc.strerror or exc.__class__.__name__}") from None
+
+
+def csv_bytes(rows: list) -> bytes:
+    """Rows of dicts (the keys of the first are the columns) as CSV."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def write_report(out_dir: Path, files: dict, events: EventFile) -> list:
+    """Write each of `files` ({name: bytes}) whole into out_dir (write_atomic), then the
+    TensorBoard events, all in this thread, so that a failed write (a full disk) is one
+    WriteError line naming the file and not a traceback of TensorBoard's writer thread.
+    Returns the names written."""
+    for name, data in files.items():
+        with reported_write(out_dir / name, "the files written before it are whole"):
+            write_atomic(out_dir / name, lambda f, data=data: f.write(data))
+    with reported_write(events.path, "the report files are whole"):
+        try:
+            events.write()
+        finally:
+            events.close()
+    return list(files)

@@ -24,8 +24,6 @@ top-1. What is and is not counted is listed in conventions(), which the report r
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -37,9 +35,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bntt import early_exit
-from bntt.analysis import check_out_dir, make_out_dir
+from bntt.analysis import check_out_dir, csv_bytes, make_out_dir, write_report
 from bntt.ann import ANN_ARCHS
-from bntt.checkpoint import checkpoint_file, write_atomic
+from bntt.checkpoint import EventFile, checkpoint_file
 from bntt.cli import UsageError, check_scoring_flags, pick_device, pyplot, require_positive
 from bntt.coding import SequenceEncoder
 from bntt.data import DATASETS
@@ -507,14 +505,6 @@ def print_ann_report(report: dict) -> None:
           "pools, memory")
 
 
-def csv_bytes(rows: list) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue().encode()
-
-
 def _json_number(x):
     # JSON has no infinity; a layer without operations has no finite ratio.
     return None if isinstance(x, float) and not math.isfinite(x) else x
@@ -558,27 +548,23 @@ def write_outputs(report: dict, out_dir: Path, plots: bool) -> list:
     ann = report["kind"] == "ann"
     files = {"activity.json": (json.dumps(_jsonable(report), indent=2) + "\n").encode(),
              **(ann_csv_tables(report) if ann else csv_tables(report))}
-    for name, data in files.items():
-        write_atomic(out_dir / name, lambda f, data=data: f.write(data))
-
-    from torch.utils.tensorboard import SummaryWriter
-    with SummaryWriter(str(out_dir)) as writer:
-        writer.add_text("activity/conventions", json.dumps(report["conventions"]))
-        if ann:  # nothing along time or layers of neurons: its top-1 and its energy
-            writer.add_scalar("activity/top1", report["top1"], 0)
-            writer.add_scalar("activity/ann_energy_uj", report["energy"]["total"]["ann_energy_uj"], 0)
-            return list(files)
-        for r in report["rates"]["layers"]:
-            for t, rate in enumerate(r["per_step"], 1):
-                writer.add_scalar(f"activity/rate/{r['layer']}", rate, t)
-        for r in report["time"]:
-            writer.add_scalar("activity/top1_after_t_steps", r["top1"], r["t"])
-            writer.add_scalar("activity/snn_energy_uj_after_t_steps", r["snn_energy_uj"], r["t"])
-        tot = report["energy"]["total"]
-        for key in ("snn_energy_uj", "ann_energy_uj", "ann_over_snn"):
-            if math.isfinite(tot[key]):
-                writer.add_scalar(f"activity/{key}", tot[key], 0)
-    written = list(files)
+    events = EventFile(out_dir)
+    events.text("activity/conventions", json.dumps(report["conventions"]))
+    if ann:  # nothing along time or layers of neurons: its top-1 and its energy
+        events.scalar("activity/top1", report["top1"], 0)
+        events.scalar("activity/ann_energy_uj", report["energy"]["total"]["ann_energy_uj"], 0)
+        return write_report(out_dir, files, events)
+    for r in report["rates"]["layers"]:
+        for t, rate in enumerate(r["per_step"], 1):
+            events.scalar(f"activity/rate/{r['layer']}", rate, t)
+    for r in report["time"]:
+        events.scalar("activity/top1_after_t_steps", r["top1"], r["t"])
+        events.scalar("activity/snn_energy_uj_after_t_steps", r["snn_energy_uj"], r["t"])
+    tot = report["energy"]["total"]
+    for key in ("snn_energy_uj", "ann_energy_uj", "ann_over_snn"):
+        if math.isfinite(tot[key]):
+            events.scalar(f"activity/{key}", tot[key], 0)
+    written = write_report(out_dir, files, events)
     if plots:
         written += plot(report, out_dir)
     return written

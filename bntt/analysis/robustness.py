@@ -28,8 +28,6 @@ with these draws and batches, so it can differ a little from train.py's test top
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -39,11 +37,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bntt.analysis import check_out_dir, make_out_dir
+from bntt.analysis import check_out_dir, csv_bytes, make_out_dir, write_report
 from bntt.analysis.attacks import (ann_logits_fn, fgsm, gaussian_noise, normaliser, pgd,
                                    snn_logits_fn, to_pixels)
 from bntt.ann import ANN_ARCHS, load_trained_ann
-from bntt.checkpoint import checkpoint_file, load_checkpoint, run_folder_of, write_atomic
+from bntt.checkpoint import EventFile, checkpoint_file, load_checkpoint, run_folder_of
 from bntt.cli import UsageError, pick_device, pyplot, require
 from bntt.data import DATASETS, dataset_info
 from bntt.engines import ENGINES
@@ -301,32 +299,20 @@ def print_report(report: dict) -> None:
     print(f"settings are ours: {report['note']}")
 
 
-def csv_bytes(rows: list) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue().encode()
-
-
 def write_outputs(report: dict, out_dir: Path, plots: bool) -> list:
     files = {"robustness.json": (json.dumps(report, indent=2) + "\n").encode(),
              "robustness.csv": csv_bytes(report["table"])}
-    for name, data in files.items():
-        write_atomic(out_dir / name, lambda f, data=data: f.write(data))
-
-    from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
-    with SummaryWriter(str(out_dir)) as writer:
-        for key, result in report["networks"].items():
-            writer.add_scalar(f"robustness/{key}/clean_top1", result["clean_top1"], 0)
-            for i, row in enumerate(result["noise"]):
-                writer.add_scalar(f"robustness/{key}/noise_top1", row["top1"], i)
-            for name in ("fgsm", "pgd"):
-                for i, row in enumerate(result[name]):
-                    writer.add_scalar(f"robustness/{key}/{name}_top1", row["top1"], i)
-        # TensorBoard steps are integers: step i is the i-th sigma / eps listed here.
-        writer.add_text("robustness/settings", json.dumps(report["settings"]))
-    written = list(files)
+    events = EventFile(out_dir)
+    for key, result in report["networks"].items():
+        events.scalar(f"robustness/{key}/clean_top1", result["clean_top1"], 0)
+        for i, row in enumerate(result["noise"]):
+            events.scalar(f"robustness/{key}/noise_top1", row["top1"], i)
+        for name in ("fgsm", "pgd"):
+            for i, row in enumerate(result[name]):
+                events.scalar(f"robustness/{key}/{name}_top1", row["top1"], i)
+    # TensorBoard steps are integers: step i is the i-th sigma / eps listed here.
+    events.text("robustness/settings", json.dumps(report["settings"]))
+    written = write_report(out_dir, files, events)
     if plots:
         written += plot(report, out_dir)
     return written
