@@ -46,7 +46,10 @@ def make_out_dir(out_dir: Path) -> None:
 
 
 def csv_bytes(rows: list) -> bytes:
-    """Rows of dicts (the keys of the first are the columns) as CSV."""
+    """Rows of dicts (the keys of the first are the columns) as CSV; no rows, an empty file
+    (evaluate.py's gamma table of a network without BNTT)."""
+    if not rows:
+        return b""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
