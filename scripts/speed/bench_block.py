@@ -5,7 +5,7 @@ in alternation with this one's, so that a change to them is measured against the
 it on the same machine at the same moment:
 
     python scripts/speed/bench_block.py
-    git worktree add /tmp/before HEAD~1 && python scripts/speed/bench_block.py --against /tmp/before
+    git worktree add ../before HEAD~1 && python scripts/speed/bench_block.py --against ../before
 
 Training is forward and backward, evaluation a no-grad forward; each row is the median of
 --iters calls. VGG9 at T=25, batch 32 runs blocks of 2 steps through two layers of each of
