@@ -73,6 +73,12 @@ class BNTT(nn.Module):
     Eq. 4): exactly what `nn.BatchNorm{1,2}d(C, eps, momentum, affine=True)` with its bias
     removed computes at each step. The arithmetic runs in the wider of the input's and the
     parameters' dtypes, so under bf16 autocast the normalisation stays in float32.
+
+    Example::
+
+        bn = BNTT(64, num_steps=25)
+        z0 = bn(a0, t=0)                     # step 0: a0 [B, 64, H, W]
+        z = bn(a)                            # all steps: a [25, B, 64, H, W]
     """
 
     def __init__(self, num_features: int, num_steps: int, eps: float = BN_EPS, momentum: float = BN_MOMENTUM,
@@ -81,7 +87,6 @@ class BNTT(nn.Module):
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self.num_features = num_features
-        self.num_steps = num_steps
         self.eps = eps
         self.momentum = momentum
         factory = {"device": device, "dtype": dtype}
@@ -91,6 +96,20 @@ class BNTT(nn.Module):
         self.register_buffer("num_batches_tracked",
                              torch.zeros(num_steps, dtype=torch.long, device=device))
         self.sync_group = None  # a torch.distributed group: statistics over the global batch
+
+    @property
+    def num_steps(self) -> int:
+        """T: the layer holds one gamma and one set of running statistics per step."""
+        return self.weight.shape[0]
+
+    def keep_steps(self, steps: int) -> None:
+        """Keep only the first `steps` gammas and running statistics (a network run for fewer
+        steps: the early exit)."""
+        if not 1 <= steps <= self.num_steps:
+            raise ValueError(f"steps must be in 1..{self.num_steps}, got {steps}")
+        self.weight = nn.Parameter(self.weight.detach()[:steps].clone())
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            setattr(self, name, getattr(self, name)[:steps].clone())
 
     def forward(self, x: torch.Tensor, t: int | None = None, first_step: int = 0) -> torch.Tensor:
         if t is not None:

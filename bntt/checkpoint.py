@@ -243,8 +243,13 @@ def describe_state(state: dict) -> dict:
     """What network a state_dict is for: arch, num_steps, num_cls, in_channels (and the hidden
     sizes of an fc network). num_steps is None when the layers are not BNTT (the ablation's
     --norm): nothing in the weights is per step then, and the run's config says it."""
-    steps = {int(m.group(1)) for k in state if (m := re.fullmatch(r"bntt1\.(\d+)\.weight", k))}
+    steps = {int(m.group(1)) for k in state
+             if (m := re.fullmatch(r"(?:bntt1|conv1\.norm)\.(\d+)\.weight", k))}
     num_steps = max(steps) + 1 if steps else None
+    if "layer1.0.conv1.synapse.weight" in state and "fc2.synapse.weight" in state:
+        return {"arch": "resnet19", "num_steps": num_steps,
+                "num_cls": state["fc2.synapse.weight"].shape[0],
+                "in_channels": state["conv1.synapse.weight"].shape[1]}
     if "fc_out.weight" in state and "fc1.weight" in state:
         hidden = []
         while f"fc{len(hidden) + 1}.weight" in state:
@@ -253,7 +258,7 @@ def describe_state(state: dict) -> dict:
                 "in_channels": state["fc1.weight"].shape[1], "hidden": tuple(hidden)}
     if "conv1.weight" not in state or "fc2.weight" not in state:
         raise CheckpointError("state_dict is not a spiking network of this repository (no "
-                              "conv1/fc2 or fc1/fc_out)")
+                              "conv1/fc2, fc1/fc_out or layer1/fc2)")
     return {
         "arch": "vgg11" if "conv8.weight" in state else "vgg9",
         "num_steps": num_steps,

@@ -53,6 +53,7 @@ class PoissonEncoder:
     """Images [B, ...] -> signed Poisson spikes [T, B, ...] (Eq. 1)."""
 
     name = "poisson"
+    spike_scale = 1  # its spikes are integers (-1, 0, 1): bntt.blocks.mark_spikes
 
     def __call__(self, x, num_steps, generator=None, shard=None):
         return poisson_spikes(x, num_steps, generator, shard=shard)

@@ -83,11 +83,4 @@ def truncate_steps(model, steps: int):
     first `steps` gammas and running statistics): the network an early exit deploys."""
     if not 1 <= steps <= model.num_steps:
         raise ValueError(f"steps must be in 1..{model.num_steps}, got {steps}")
-    short = copy.deepcopy(model)
-    short.num_steps = steps
-    for _, bn in short.bntt_layers():
-        bn.num_steps = steps
-        bn.weight = torch.nn.Parameter(bn.weight.detach()[:steps].clone())
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            setattr(bn, name, getattr(bn, name)[:steps].clone())
-    return short
+    return copy.deepcopy(model).keep_steps(steps)

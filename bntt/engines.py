@@ -1,92 +1,76 @@
-"""Ways to run the same spiking network over T time steps.
+"""Backends: the ways to run a spiking block's steps (bntt/blocks.py), and the time loop that
+takes a network's input through its blocks.
 
-Each takes a model exposing `spiking_layers()` -> [(synapse, bntt, pool or None), ...],
-`neuron` (the LIFNeuron) and `readout` (the non-spiking last Linear), and an input spike train
-[T, B, ...], and returns the readout's input current at every step, [T, B, classes]; the logits
-are their sum over steps divided by T (docs/spec.md, Eq. 10).
+The time loop (`run_steps`) is the paper's, written once: the input train [T, B, ...] goes
+through the network's layers a stack of steps at a time, each stack starting from the
+membrane potentials the previous one left. How many steps a stack holds, and how each block
+computes its stack, is the backend's choice:
 
-- `reference`: the authors' order, a Python loop over time and, inside it, over layers.
-- `multistep`: layer by layer over all steps at once. A layer at step t only depends on the
-  layer below at step t and on its own state, so each convolution runs once over the [T*B]
-  stack, BNTT normalises all steps in one call, and only the neuron scans over time.
-- `cpu`: `multistep` in blocks of steps, laid out for a CPU. Each block of about BLOCK_IMAGES
-  images (a few steps) goes through every layer before the next block starts, from the
-  membrane potentials the last one left, and each convolution runs on a channels-last stack of
-  the block's steps. BNTT and the neuron of a convolution layer are one compiled C++ kernel
-  each way for the block's steps (`bntt.compiled.bntt_lif_block`), which reads the stack where
-  the convolution left it. Elsewhere (the hidden FC layer, the ablation's other
-  normalisations, BNTT across processes, and everywhere when compiling is off or fails:
-  `bntt.compiled.enabled()`) the norm runs as it is, on a stack of steps laid out by one copy
-  so that it is contiguous (where batch_norm's statistics are accurate), and the neuron is one autograd node for the block's
-  steps (`bntt.neuron.lif_scan`). Blocks keep every tensor of a step the size of the cache and the
-  allocator's reusable memory, where stacks of all T steps (210 MB a layer for VGG9 at T=25,
-  batch 32) took fresh pages at every step. Under autocast the spikes are made in the
-  autocast dtype, so the next convolution reads them without a cast. tdBN trains on the
-  statistics of all steps at once: its training runs `multistep`.
-- `fused`: `multistep` with BNTT + LIF (and the 2x2 pool after it) as one Triton kernel each
-  way, channels-last maps and int8-saving convolutions (bntt/fused/). CUDA only (or the Triton
+- `reference`: one step at a time through every layer (the authors' order), each block by
+  `SpikingBlock.step`: the definition the others are checked against.
+- `multistep`: all T steps at once. A layer at step t only depends on the layer below at step t
+  and on its own state, so each synapse runs once over the [T * B] stack, the norm normalises
+  all steps in one call, and only the neuron steps through time.
+- `cpu`: `multistep` in stacks of about BLOCK_IMAGES images (a few steps), laid out for a CPU.
+  Each stack goes through every layer before the next starts, so every tensor of a layer stays
+  the size of the cache and of the allocator's reusable memory, where stacks of all T steps
+  (210 MB a layer for VGG9 at T=25, batch 32) took fresh pages at every step. Convolutions run
+  on channels-last stacks. A conv block with BNTT runs BNTT + LIF as one compiled C++ kernel
+  each way (`bntt.compiled.bntt_lif_block`), reading the stack where the convolution left it.
+  Other blocks (linear ones, the ablation's other norms, BNTT across processes, a residual
+  current, and every block when compiling is off or fails: `bntt.compiled.enabled()`) run the
+  norm on a copy of the stack laid out so that its statistics are accurate (`_norm_stack`) and
+  the neuron as one autograd node (`bntt.neuron.lif_scan`). Under autocast the spikes are made
+  in the autocast dtype, so the next convolution reads them without a cast. A norm whose
+  training statistics span all steps (tdBN) makes the stack all T steps.
+- `fused`: `multistep` with BNTT + LIF (and a 2x2 pool after it) as one Triton kernel each way,
+  channels-last maps and int8-saving convolutions (bntt/fused/). CUDA only (or the Triton
   interpreter, for tests).
 - `auto`: `fused` on CUDA when Triton is available and T fits its kernels; `cpu` on a CPU,
   where it was measured fastest (docs/speed.md, section CPU); `multistep` on other devices.
 
-All of them compute the same function (tests/test_engines.py, tests/test_fused.py,
-tests/test_cpu_engine.py). A model chooses its engine with `model.set_engine(name)`, which also
-prepares its memory format.
+A backend that cannot run a block one way runs it another, block by block, and all of them
+compute the same function (tests/test_engines.py). `set_engine(module, name)` resolves the name
+once for any module tree and gives its weights the memory format the backend wants.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from bntt import compiled
+from bntt import compiled, fused
+from bntt.blocks import REFERENCE, Backend, SpikingBlock, TimeState, blocks
 from bntt.bntt import BNTT
 from bntt.names import check_name
 from bntt.neuron import lif_scan
-from bntt.norms import TDBN
 
 ENGINES = ("auto", "reference", "multistep", "cpu", "fused")
 BLOCK_IMAGES = 64  # images per convolution call of the cpu engine (docs/speed.md, CPU)
 
 
-def synapse_input(x: torch.Tensor, synapse: nn.Module) -> torch.Tensor:
-    # The spike maps of the last conv block are flattened (C, H, W order) for the hidden FC.
-    return x.flatten(1) if isinstance(synapse, nn.Linear) else x
+class Multistep(Backend):
+    """All steps of a stack at once; only the neuron steps through time."""
 
+    name = "multistep"
 
-def run_reference(model, spikes: torch.Tensor) -> torch.Tensor:
-    layers = list(model.spiking_layers())
-    membranes = [None] * len(layers)
-    currents = []
-    for t in range(spikes.shape[0]):
-        x = spikes[t]
-        for i, (synapse, bntt, pool) in enumerate(layers):
-            z = bntt(synapse(synapse_input(x, synapse)), t)
-            x, membranes[i] = model.neuron.step(z, membranes[i])
-            if pool is not None:
-                x = pool(x)
-        currents.append(model.readout(x))
-    return torch.stack(currents)
+    def steps_per_call(self, network: nn.Module, spikes: torch.Tensor) -> int:
+        return spikes.shape[0]
 
+    def fire(self, block: SpikingBlock, x, u0, first_step: int, residual=None):
+        """The block's output before its pool (its spikes, or z without a neuron), and u_n."""
+        steps, batch = x.shape[:2]
+        z = block.synapse(block.synapse_input(x.flatten(0, 1))).unflatten(0, (steps, batch))
+        if block.norm is not None:
+            z = block.norm(z, first_step=first_step)
+        if residual is not None:
+            z = z + residual
+        if block.neuron is None:
+            return z, None
+        return block.neuron.run(z, u0)
 
-def run_multistep(model, spikes: torch.Tensor, observe=None) -> torch.Tensor:
-    """`observe(i, inputs, spikes)`, if given, sees what layer i receives ([T, B, ...], after
-    the pool below it) and the spikes it emits; the readout is layer len(layers), with spikes
-    None. The analyses count spikes and synaptic operations through it."""
-    steps, batch = spikes.shape[:2]
-    x = spikes.flatten(0, 1)
-    layers = list(model.spiking_layers())
-    for i, (synapse, bntt, pool) in enumerate(layers):
-        x = synapse_input(x, synapse)
-        z = synapse(x).unflatten(0, (steps, batch))
-        s = model.neuron(bntt(z))
-        if observe is not None:
-            observe(i, x.unflatten(0, (steps, batch)), s)
-        x = s.flatten(0, 1)
-        if pool is not None:
-            x = pool(x)
-    if observe is not None:
-        observe(len(layers), x.unflatten(0, (steps, batch)), None)
-    return model.readout(x).unflatten(0, (steps, batch))
+    def run(self, block: SpikingBlock, x, u0, first_step: int, residual=None):
+        s, u = self.fire(block, x, u0, first_step, residual)
+        return block.pool_stack(s), u
 
 
 def block_steps(steps: int, batch: int) -> int:
@@ -120,60 +104,58 @@ def _norm_stack(out: torch.Tensor, batch: int, dtype: torch.dtype,
     return z.copy_(steps_last).permute(3, 0, 4, 1, 2)
 
 
-def run_cpu(model, spikes: torch.Tensor) -> torch.Tensor:
-    steps, batch = spikes.shape[:2]
-    layers = list(model.spiking_layers())
-    if model.training and any(isinstance(norm, TDBN) for _, norm, _ in layers):
-        return run_multistep(model, spikes)  # tdBN trains on the statistics of all steps at once
-    # maps: blocks of steps, each block through every layer; vectors: all steps at once
-    block = block_steps(steps, batch) if spikes.dim() == 5 else steps
-    membranes = [None] * len(layers)
-    currents = [_run_cpu_block(model, layers, spikes[first:first + block], first, membranes)
-                for first in range(0, steps, block)]
-    return torch.cat(currents) if len(currents) > 1 else currents[0]
+class Cpu(Backend):
+    """Stacks of about BLOCK_IMAGES images, channels-last convolutions, compiled BNTT + LIF."""
 
+    name = "cpu"
 
-def _run_cpu_block(model, layers, spikes: torch.Tensor, first: int, membranes: list):
-    """Steps first..first+n-1 of `run_cpu` ([n, B, ...] input spikes), from the membrane
-    potentials the previous block left in `membranes`, which it replaces by its own."""
-    steps, batch = spikes.shape[:2]
-    leak, threshold = model.neuron.leak, model.neuron.threshold
-    out_dtype = spike_dtype(spikes)
-    if spikes.dim() == 5:  # maps: channels-last [n * B, C, H, W]
-        x = spikes.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-    else:  # vectors: batch-major [B * n, F]
-        x = spikes.transpose(0, 1).flatten(0, 1)
-    below = None  # the pool after the layer below, applied where its spikes are used
-    for i, (synapse, norm, pool) in enumerate(layers):
-        if below is not None and x.dim() == 4:
-            x = below(x)
-        if (isinstance(synapse, nn.Conv2d) and isinstance(norm, BNTT) and norm.sync_group is None
-                and compiled.enabled()):
-            x, membranes[i] = compiled.bntt_lif_block(synapse(x), norm, model.neuron, first,
-                                                      batch, membranes[i], out_dtype)
-        elif isinstance(synapse, nn.Conv2d):
-            out = synapse(x)
-            z = _norm_stack(out, batch, torch.promote_types(out.dtype, synapse.weight.dtype),
-                            norm.training)
-            x, membranes[i] = lif_scan(norm(z, first_step=first), leak, threshold,
-                                       membranes[i], out_dtype, torch.channels_last)
+    def steps_per_call(self, network: nn.Module, spikes: torch.Tensor) -> int:
+        steps, batch = spikes.shape[:2]
+        if any(getattr(m, "needs_all_steps", False) and m.training for m in network.modules()):
+            return steps  # tdBN trains on the statistics of all steps at once
+        return block_steps(steps, batch) if spikes.dim() == 5 else steps
+
+    def run(self, block: SpikingBlock, x, u0, first_step: int, residual=None):
+        synapse, norm, neuron = block.synapse, block.norm, block.neuron
+        steps, batch = x.shape[:2]
+        out_dtype = spike_dtype(x)
+        if isinstance(synapse, nn.Conv2d):
+            a = synapse(x.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+            if (isinstance(norm, BNTT) and norm.sync_group is None and neuron is not None
+                    and residual is None and compiled.enabled()):
+                s, u = compiled.bntt_lif_block(a, norm, neuron, first_step, batch, u0, out_dtype)
+                return block.pool_stack(s.unflatten(0, (steps, batch))), u
+            if norm is None:
+                z = a.unflatten(0, (steps, batch))
+            else:
+                dtype = torch.promote_types(a.dtype, synapse.weight.dtype)
+                z = norm(_norm_stack(a, batch, dtype, norm.training), first_step=first_step)
+            memory_format = torch.channels_last
         else:
-            if x.dim() == 4:  # the last maps, flattened in (C, H, W) order, batch-major rows
-                x = x.unflatten(0, (steps, batch)).transpose(0, 1).flatten(2).flatten(0, 1)
-            # batch-major rows: BNTT's stack of steps [B, n * F] is then a view
-            z = synapse(x).unflatten(0, (batch, steps)).transpose(0, 1)
-            s, membranes[i] = lif_scan(norm(z, first_step=first), leak, threshold,
-                                       u0=membranes[i], spike_dtype=out_dtype)
-            x = s.transpose(0, 1).flatten(0, 1)
-        below = pool
-    return model.readout(x).unflatten(0, (batch, steps)).transpose(0, 1)
+            # batch-major rows [B * n, F]: BNTT's stack of steps [B, n * F] is then a view, and
+            # the spikes of a linear block are the next one's rows without a copy
+            rows = block.synapse_input(x.transpose(0, 1), leading=2).flatten(0, 1)
+            z = synapse(rows).unflatten(0, (batch, steps)).transpose(0, 1)
+            if norm is not None:
+                z = norm(z, first_step=first_step)
+            memory_format = None
+        if residual is not None:
+            z = z + residual
+        if neuron is None:
+            return z, None
+        s, u = lif_scan(z, neuron.leak, neuron.threshold, u0, out_dtype, memory_format)
+        if memory_format is not None:
+            s = s.unflatten(0, (steps, batch))
+        return block.pool_stack(s), u
+
+
+MULTISTEP, CPU = Multistep(), Cpu()
+BACKENDS = {"reference": REFERENCE, "multistep": MULTISTEP, "cpu": CPU, "fused": fused.FUSED}
 
 
 def resolve(engine: str, like: torch.Tensor, num_steps: int = 1) -> str:
     """The engine that will run `num_steps` steps on tensors like `like`: `auto` becomes `fused`,
     `cpu` or `multistep`; `fused` where it cannot run is an error that says what it needs."""
-    from bntt import fused  # imported here: bntt.fused imports this module
-
     check_name("engine", engine, ENGINES)
     fits = num_steps <= fused.MAX_STEPS
     if engine == "auto":
@@ -189,13 +171,68 @@ def resolve(engine: str, like: torch.Tensor, num_steps: int = 1) -> str:
     return engine
 
 
-def run(engine: str, model, spikes: torch.Tensor) -> torch.Tensor:
-    engine = resolve(engine, spikes, spikes.shape[0])
-    if engine == "reference":
-        return run_reference(model, spikes)
-    if engine == "fused":
-        from bntt.fused import run_fused
-        return run_fused(model, spikes)
-    if engine == "cpu":
-        return run_cpu(model, spikes)
-    return run_multistep(model, spikes)
+def set_engine(module: nn.Module, name: str, num_steps: int | None = None) -> Backend:
+    """Run every spiking block in `module` with the backend `name` (one of ENGINES), resolved
+    once for the device of module's weights and `num_steps` steps (default: the longest BNTT
+    in it), and give the weights the memory format that backend wants: channels-last for
+    `fused` (what its convolutions are fed), the default layout otherwise. Returns the backend.
+
+    Call it after moving the module to its device: `auto` picks by device, and `fused` where it
+    cannot run raises RuntimeError saying what it needs.
+
+    Example::
+
+        net = MyNetwork().to("cuda")
+        set_engine(net, "auto")             # fused on a GPU with Triton, cpu on a CPU
+    """
+    like = next(module.parameters(), None)
+    if like is None:
+        like = next(module.buffers(), torch.empty(0))
+    backend = assign(module, name, like, num_steps)
+    layout = torch.channels_last if backend is fused.FUSED else torch.contiguous_format
+    module.to(memory_format=layout)
+    return backend
+
+
+def assign(module: nn.Module, name: str, like: torch.Tensor, num_steps: int | None = None) -> Backend:
+    """`set_engine` for tensors like `like`, without touching the weights' memory format."""
+    if num_steps is None:
+        num_steps = max((m.num_steps for m in module.modules() if isinstance(m, BNTT)), default=1)
+    backend = BACKENDS[resolve(name, like, num_steps)]
+    for block in blocks(module):
+        block.backend = backend
+    return backend
+
+
+def run_steps(network: nn.Module, layers, spikes: torch.Tensor, backend: Backend) -> torch.Tensor:
+    """The time loop: the input train [T, B, ...] through `layers(x, state)` (a network's
+    layers, from a stack of input steps to the stack of readout currents), in stacks of the
+    steps the backend runs at once, each from where the last one left. Returns [T, B, ...]."""
+    steps = spikes.shape[0]
+    stack = backend.steps_per_call(network, spikes)
+    state = TimeState()
+    if stack >= steps:  # the train itself, with what is recorded on it (bntt.blocks.mark_spikes)
+        return layers(spikes, state)
+    outputs = []
+    for first in range(0, steps, stack):
+        state.first_step = first
+        outputs.append(layers(spikes[first:first + stack], state))
+    return torch.cat(outputs)
+
+
+class running_on:
+    """`with running_on(module, backend):` every block of `module` runs with `backend` inside,
+    and with its own again after (the analyses count with a backend of their own)."""
+
+    def __init__(self, module: nn.Module, backend: Backend):
+        self.blocks, self.backend = blocks(module), backend
+
+    def __enter__(self):
+        self.saved = [b.backend for b in self.blocks]
+        for b in self.blocks:
+            b.backend = self.backend
+        return self.backend
+
+    def __exit__(self, *exc):
+        for b, backend in zip(self.blocks, self.saved):
+            b.backend = backend

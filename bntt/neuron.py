@@ -192,10 +192,18 @@ def lif_scan(z: torch.Tensor, leak: float, threshold: float = THRESHOLD,
 
 
 class LIFNeuron(nn.Module):
-    """A layer of LIF neurons sharing one leak and one threshold. It holds no parameters.
+    """LIF neurons sharing one leak and one threshold (Eq. 5-8). It holds no parameters: one
+    instance serves every layer of a network, and is where the network's leak lives.
 
-    `step(z, u)` advances one time step; `forward(z)` runs a whole [T, ...] sequence from rest
-    and returns the spike train [T, ...].
+    `step(z, u)` advances one time step; `run(z, u)` a [T, ...] sequence from u (None: rest),
+    returning the spikes and the last membrane; `forward(z)` the spikes of a sequence from rest.
+
+    Example::
+
+        neuron = LIFNeuron(leak=0.95)
+        s, u = neuron.step(z0)               # step 0 from rest: z0 [B, C, H, W]
+        s, u = neuron.step(z1, u)            # step 1
+        spikes = neuron(z)                   # z [T, B, C, H, W] -> spikes [T, B, C, H, W]
     """
 
     def __init__(self, leak: float = 0.95, threshold: float = THRESHOLD):
@@ -210,13 +218,16 @@ class LIFNeuron(nn.Module):
     def step(self, z: torch.Tensor, u: torch.Tensor | None = None):
         return lif_step(z, u, self.leak, self.threshold)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        u = None
+    def run(self, z: torch.Tensor, u: torch.Tensor | None = None):
+        """`step` over z [T, ...] from membrane u (None: at rest) -> (spikes [T, ...], u_T)."""
         spikes = []
         for z_t in z.unbind(0):
             s, u = self.step(z_t, u)
             spikes.append(s)
-        return torch.stack(spikes)
+        return torch.stack(spikes), u
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.run(z)[0]
 
     def extra_repr(self) -> str:
         return f"leak={self.leak}, threshold={self.threshold}"

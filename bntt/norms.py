@@ -31,10 +31,10 @@ NORMS = ("bntt", "bn", "tdbn", "none")
 class _SharedStatistics(nn.Module):
     """One gamma (and, for tdBN, beta) and one set of running statistics per channel."""
 
-    def __init__(self, num_features: int, num_steps: int, eps: float = BN_EPS,
+    def __init__(self, num_features: int, num_steps: int | None = None, eps: float = BN_EPS,
                  momentum: float = BN_MOMENTUM, bias: bool = False):
-        super().__init__()
-        self.num_features, self.num_steps, self.eps, self.momentum = num_features, num_steps, eps, momentum
+        super().__init__()  # num_steps: accepted as for BNTT; nothing here is per step
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features)) if bias else None
         self.register_buffer("running_mean", torch.zeros(num_features))
@@ -66,7 +66,9 @@ class SharedBN(_SharedStatistics):
 class TDBN(_SharedStatistics):
     """Threshold-dependent BatchNorm: statistics over all steps of the batch together."""
 
-    def __init__(self, num_features: int, num_steps: int, alpha: float = 1.0,
+    needs_all_steps = True  # in training; the cpu engine then runs all steps at once
+
+    def __init__(self, num_features: int, num_steps: int | None = None, alpha: float = 1.0,
                  threshold: float = THRESHOLD, eps: float = BN_EPS, momentum: float = BN_MOMENTUM):
         super().__init__(num_features, num_steps, eps, momentum, bias=True)
         self.alpha, self.threshold = alpha, threshold
@@ -87,14 +89,17 @@ class TDBN(_SharedStatistics):
 class NoNorm(nn.Module):
     """No normalisation: the pre-activations go to the neuron as they are."""
 
-    def __init__(self, num_features: int, num_steps: int):
+    def __init__(self, num_features: int, num_steps: int | None = None):
         super().__init__()
-        self.num_features, self.num_steps = num_features, num_steps
+        self.num_features = num_features
 
     def forward(self, x: torch.Tensor, t: int | None = None, first_step: int = 0) -> torch.Tensor:
         return x
 
 
-def make_norm(kind: str, num_features: int, num_steps: int) -> nn.Module:
-    """The normalisation `kind` (one of NORMS) for a layer of `num_features` channels."""
-    return {"bntt": BNTT, "bn": SharedBN, "tdbn": TDBN, "none": NoNorm}[kind](num_features, num_steps)
+def make_norm(kind: str, num_features: int, num_steps: int, alpha: float = 1.0) -> nn.Module:
+    """The normalisation `kind` (one of NORMS) for a layer of `num_features` channels over
+    `num_steps` steps; `alpha` is tdBN's (1 / sqrt(2) on the two branches of a residual add)."""
+    if kind == "tdbn":
+        return TDBN(num_features, num_steps, alpha=alpha)
+    return {"bntt": BNTT, "bn": SharedBN, "none": NoNorm}[kind](num_features, num_steps)

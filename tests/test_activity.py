@@ -308,8 +308,15 @@ def direct_counts(run, images, batch):
             inputs.setdefault(name, []).append(args[0].unflatten(0, (2, -1)))
         return hook
 
-    hooks = [model.neuron.register_forward_hook(count_spikes)]
-    hooks += [getattr(model, n).register_forward_pre_hook(keep_input(n)) for n in ("conv1", "conv2", "fc1", "fc2")]
+    run = model.neuron.run  # every spiking block's neuron: its spikes before any pool
+
+    def counted_run(z, u=None):
+        s, u = run(z, u)
+        count_spikes(None, None, s)
+        return s, u
+
+    model.neuron.run = counted_run
+    hooks = [getattr(model, n).register_forward_pre_hook(keep_input(n)) for n in ("conv1", "conv2", "fc1", "fc2")]
     g = torch.Generator().manual_seed(0)
     hits = 0
     with torch.no_grad():
@@ -317,7 +324,8 @@ def direct_counts(run, images, batch):
             hits += int((model(x, generator=g).argmax(-1) == y).sum())
     for h in hooks:
         h.remove()
-    layers = len(list(model.spiking_layers()))
+    del model.neuron.run
+    layers = len(model.blocks) - 1  # the readout has no neuron
     per_layer = [sum(spikes[i::layers]) for i in range(layers)]
     received = {n: torch.cat(v, 1) for n, v in inputs.items()}
     per_layer.insert(0, torch.count_nonzero(received["conv1"].flatten(2), dim=2).sum(1))

@@ -53,10 +53,9 @@ def pre_activations():
     model = build_model("vgg9", num_steps=STEPS, leak_mem=0.95, img_size=32, num_cls=10,
                         in_channels=1, engine="reference").double().train()
     spikes = poisson_spikes(images, STEPS, generator=torch.Generator().manual_seed(3))
-    layers = list(model.spiking_layers())
     found = {}
     for name, i in LAYERS.items():
-        layers[i][0].register_forward_hook(
+        model.blocks[i].synapse.register_forward_hook(
             lambda module, args, out, name=name: found.setdefault(name, []).append(out.detach()))
     with torch.no_grad():
         model.forward_spikes(spikes)

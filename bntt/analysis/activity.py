@@ -41,7 +41,8 @@ from bntt.checkpoint import EventFile, checkpoint_file
 from bntt.cli import UsageError, check_scoring_flags, pick_device, pyplot, require_positive
 from bntt.coding import SequenceEncoder
 from bntt.data import DATASETS
-from bntt.engines import run_multistep, synapse_input
+from bntt.blocks import blocks
+from bntt.engines import MULTISTEP, Multistep, run_steps, running_on
 from bntt.trained import load_trained, test_loader
 
 # Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm: a 32-bit float add costs 0.9 pJ,
@@ -136,17 +137,11 @@ def _module_names(model) -> dict:
     return {id(m): name for name, m in model.named_modules()}
 
 
-def synapse_names(model) -> list:
-    """Names of the synaptic layers bottom to top, the readout last (conv1, ..., fc1, fc2)."""
-    names = _module_names(model)
-    return [names[id(s)] for s, _, _ in model.spiking_layers()] + [names[id(model.readout)]]
-
-
-def neuron_layer_names(model) -> list:
-    """Names of the spiking layers bottom to top, as their normalisations are named in the
-    state_dict (bntt1, ..., bntt_fc), whichever normalisation (--norm) they hold."""
-    names = _module_names(model)
-    return [names[id(norm)] for _, norm, _ in model.spiking_layers()]
+def block_name(names: dict, block) -> str:
+    """A spiking block's name in reports: its norm's (bntt1, ..., bntt_fc in the paper's
+    networks, whichever normalisation --norm put there), else its synapse's."""
+    part = block.norm if block.norm is not None else block.synapse
+    return names.get(id(part)) or names[id(block)]
 
 
 def _layer_macs(synapse: nn.Module, output: torch.Tensor) -> dict:
@@ -158,21 +153,29 @@ def _layer_macs(synapse: nn.Module, output: torch.Tensor) -> dict:
 
 
 def ann_macs(model, sample_shape) -> list:
-    """MACs per layer of the ANN of `model`'s architecture for one input of `sample_shape`
-    (one step's input without the batch: (C, H, W), or (features,)): [{"layer", "kind",
-    "macs"}, ...] bottom to top, the readout last. Only shapes flow; nothing is normalised."""
+    """MACs per synaptic layer of the ANN of `model`'s architecture for one input of
+    `sample_shape` (one step's input without the batch: (C, H, W), or (features,)):
+    [{"layer", "kind", "macs"}, ...] in the order the network runs its blocks, the readout
+    last. One step of zeros runs through the network to see the shapes."""
+    names = _module_names(model)
+    synapses = {id(b.synapse) for b in blocks(model)}
     rows = []
-    names = synapse_names(model)
-    x = torch.zeros(1, *sample_shape)
+
+    def record(layer, inputs, output):
+        rows.append({"layer": names[id(layer)], **_layer_macs(layer, output[0])})
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if id(m) in synapses]
     param = next(model.parameters())
-    x = x.to(param.device, param.dtype)
-    with torch.no_grad():
-        layers = [(s, p) for s, _, p in model.spiking_layers()] + [(model.readout, None)]
-        for name, (synapse, pool) in zip(names, layers):
-            x = synapse_input(x, synapse)
-            y = synapse(x)
-            rows.append({"layer": name, **_layer_macs(synapse, y[0])})
-            x = pool(y) if pool is not None else y
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), running_on(model, MULTISTEP):
+            zeros = torch.zeros(1, 1, *sample_shape, device=param.device, dtype=param.dtype)
+            run_steps(model, model.layers, zeros, MULTISTEP)
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
     return rows
 
 
@@ -203,28 +206,33 @@ def _is_spikes(x: torch.Tensor) -> bool:
     return bool(((x == 0) | (x.abs() == 1)).all())
 
 
-class Counter:
-    """The observer of engines.run_multistep: adds up, over batches, the spikes of every layer
-    at every step and the synaptic operations of every layer at every step (in total, and per
-    sample split into ACs and MACs, for the per-sample exit)."""
+class Counter(Multistep):
+    """The multistep backend, counting as it runs: over batches, the spikes of every block at
+    every step, and the synaptic operations of every block at every step (in total, and per
+    sample split into ACs and MACs, for the per-sample exit). Blocks are listed in the order
+    the network runs them; each block's input is traced to the block that made it."""
 
-    def __init__(self, num_layers: int, steps: int):
+    def __init__(self, model, steps: int):
         self.steps = steps
-        self.spikes = [torch.zeros(steps, dtype=torch.long) for _ in range(num_layers + 1)]  # input first
-        self.neurons = [0] * (num_layers + 1)
-        self.ops = [torch.zeros(steps, dtype=torch.long) for _ in range(num_layers + 1)]  # readout last
-        self.mac_layers = set()  # layers whose inputs were real-valued, so MACs
+        self.names = _module_names(model)
+        self.blocks = []  # in the order they run
+        self.input_spikes = torch.zeros(steps, dtype=torch.long)
+        self.input_neurons = 0
+        self.spikes, self.neurons, self.ops, self.sources = {}, {}, {}, {}
+        self.mac_layers = set()  # blocks whose inputs were real-valued, so MACs
         self.sample_ac, self.sample_mac = [], []  # [T, B] per batch
         self._ac = self._mac = None  # those of the batch under way
         self.sample_shape = None
         self._reach = {}
-        self._synapses = None
+        self._made_by = {}  # id of a block's output -> the block, in the batch under way
 
-    def start_batch(self, model, encoded: torch.Tensor) -> None:
-        if self._synapses is None:
-            self._synapses = [s for s, _, _ in model.spiking_layers()] + [model.readout]
+    def start_batch(self, encoded: torch.Tensor) -> None:
+        if self.sample_shape is None:
             self.sample_shape = tuple(encoded.shape[2:])
-        self._count_spikes(0, encoded)
+        self.input_spikes += torch.count_nonzero(encoded.flatten(2), dim=2).sum(1).cpu()
+        self.input_neurons = encoded[0, 0].numel()
+        self._made_by = {id(encoded): "input"}
+        self._keep = [encoded]  # ids stay unique while the tensors live
         batch = encoded.shape[1]
         self._ac = torch.zeros(self.steps, batch, dtype=torch.long)
         self._mac = torch.zeros(self.steps, batch, dtype=torch.long)
@@ -232,30 +240,56 @@ class Counter:
     def end_batch(self) -> None:
         self.sample_ac.append(self._ac)
         self.sample_mac.append(self._mac)
+        self._made_by, self._keep = {}, []
 
-    def _count_spikes(self, slot: int, x: torch.Tensor) -> None:
-        self.spikes[slot] += torch.count_nonzero(x.flatten(2), dim=2).sum(1).cpu()
-        self.neurons[slot] = x[0, 0].numel()
+    def run(self, block, x, u0, first_step: int, residual=None):
+        s, u = self.fire(block, x, u0, first_step, residual)
+        out = block.pool_stack(s)
+        self._count(block, x, s if block.neuron is not None else None)
+        self._made_by[id(out)] = block
+        self._keep.append(out)
+        return out, u
 
-    def __call__(self, i: int, inputs: torch.Tensor, spikes: torch.Tensor | None) -> None:
-        synapse = self._synapses[i]
+    def _count(self, block, inputs: torch.Tensor, spikes: torch.Tensor | None) -> None:
+        if block not in self.ops:
+            self.blocks.append(block)
+            self.ops[block] = torch.zeros(self.steps, dtype=torch.long)
+            source = self._made_by.get(id(inputs))
+            self.sources[block] = source
+            if spikes is not None:
+                self.spikes[block] = torch.zeros(self.steps, dtype=torch.long)
+        synapse = block.synapse
+        inputs = block.synapse_input(inputs, leading=2)
         reach = None
         if isinstance(synapse, nn.Conv2d):
-            key = (i, *inputs.shape[-2:])
+            key = (block, *inputs.shape[-2:])
             if key not in self._reach:
                 self._reach[key] = conv_reach(synapse, *inputs.shape[-2:]).to(inputs.device)
             reach = self._reach[key]
         ops = synaptic_ops(synapse, inputs, reach).cpu()
-        self.ops[i] += ops.sum(1)
-        # Only the encoded input can be real-valued; deeper layers receive spikes or pooled
-        # spikes, which are accumulates by convention (CONVENTIONS).
-        if i == 0 and not _is_spikes(inputs):
-            self.mac_layers.add(i)
+        self.ops[block] += ops.sum(1)
+        # Only the encoded input can be real-valued; the blocks' inputs are spikes, pooled
+        # spikes or sums of them, which are accumulates by convention (CONVENTIONS).
+        if self.sources[block] == "input" and not _is_spikes(inputs):
+            self.mac_layers.add(block)
             self._mac += ops
         else:
             self._ac += ops
         if spikes is not None:
-            self._count_spikes(i + 1, spikes)
+            self.spikes[block] += torch.count_nonzero(spikes.flatten(2), dim=2).sum(1).cpu()
+            self.neurons[block] = spikes[0, 0].numel()
+
+    def spiking_blocks(self) -> list:
+        return [b for b in self.blocks if b in self.spikes]
+
+    def source_name(self, block) -> str:
+        """Where a block's input comes from: the input, a block's spikes (pooled), or a sum."""
+        source = self.sources[block]
+        if source == "input":
+            return "input"
+        if source is None:
+            return "computed from spikes"
+        return block_name(self.names, source) + (" pooled" if source.pool is not None else "")
 
 
 @dataclass
@@ -275,14 +309,15 @@ def activity_pass(model, loader, device, eval_seed: int = 0) -> Activity:
     generator = torch.Generator(device=device)
     generator.manual_seed(eval_seed)
     steps = model.num_steps
-    counter = Counter(len(list(model.spiking_layers())), steps)
+    counter = Counter(model, steps)
     top1 = torch.zeros(steps, dtype=torch.long)
     margins, correct, images = [], [], 0
     for inputs, labels in tqdm(loader, desc="activity", leave=False, dynamic_ncols=True):
         inputs, labels = inputs.to(device), labels.to(device)
         encoded = model.encode(inputs, generator)
-        counter.start_batch(model, encoded)
-        currents = run_multistep(model, encoded, counter)
+        counter.start_batch(encoded)
+        with running_on(model, counter):
+            currents = run_steps(model, model.layers, encoded, counter)
         counter.end_batch()
         logits = prefix_logits(currents)
         # The class utill.correct_topk picks, as train.py and evaluate.py score: where logits
@@ -342,32 +377,33 @@ def exit_steps(margins: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidences) -> dict:
     counter, n, steps = activity.counter, activity.images, model.num_steps
-    rate_names = ["input"] + neuron_layer_names(model)
+    spiking = counter.spiking_blocks()
+    rate_names = ["input"] + [block_name(counter.names, b) for b in spiking]
     rates = []
-    for name, spikes, neurons in zip(rate_names, counter.spikes, counter.neurons):
+    for name, spikes, neurons in zip(rate_names, [counter.input_spikes] + [counter.spikes[b] for b in spiking],
+                                     [counter.input_neurons] + [counter.neurons[b] for b in spiking]):
         per_step = (spikes.double() / (n * neurons)).tolist()
         rates.append({"layer": name, "neurons": neurons, "per_step": per_step,
                       "mean_rate": sum(per_step) / steps,  # spikes per neuron per step
                       "spikes_per_neuron": sum(per_step)})  # per image, over all T steps
     hidden = rates[1:]
     total_neurons = sum(r["neurons"] for r in hidden)
-    total_spikes = sum(int(s.sum()) for s in counter.spikes[1:]) / n
+    total_spikes = sum(int(s.sum()) for s in counter.spikes.values()) / n
     network = {"neurons": total_neurons, "spikes_per_image": total_spikes,
                "mean_rate": total_spikes / (total_neurons * steps)}
 
     # An ANN reads a sequence one slice per pass, so it needs as many passes as the SNN steps.
     passes = steps if isinstance(model.encoder, SequenceEncoder) else 1
     ann = ann_macs(model, counter.sample_shape)
-    pools = [pool for _, _, pool in model.spiking_layers()]
     layers, snn_pj, ann_pj = [], 0.0, 0.0
-    for i, (row, ops) in enumerate(zip(ann, counter.ops)):
-        op = "MAC" if i in counter.mac_layers else "AC"
+    for row, block in zip(ann, counter.blocks):
+        ops = counter.ops[block]
+        op = "MAC" if block in counter.mac_layers else "AC"
         per_image = int(ops.sum()) / n
         e_snn = per_image * (e_mac if op == "MAC" else e_ac)
         macs = row["macs"] * passes
         e_ann = macs * e_mac
-        source = "input" if i == 0 else rate_names[i] + (" pooled" if pools[i - 1] is not None else "")
-        layers.append({"layer": row["layer"], "kind": row["kind"], "inputs_from": source,
+        layers.append({"layer": row["layer"], "kind": row["kind"], "inputs_from": counter.source_name(block),
                        "snn_op": op, "snn_ops_per_image": per_image,
                        "snn_ops_per_step": (ops.double() / n).tolist(),
                        "ann_macs_per_image": macs, "snn_energy_pj": e_snn, "ann_energy_pj": e_ann,
@@ -385,7 +421,7 @@ def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidenc
                   + torch.cat(counter.sample_mac, 1).double() * e_mac)  # [T, N]
     cumulative = per_sample.cumsum(0)
     acc = (100.0 * activity.top1_counts.double() / n).tolist()
-    step_ops = torch.stack(counter.ops).sum(0).cumsum(0)
+    step_ops = torch.stack(list(counter.ops.values())).sum(0).cumsum(0)
     time = [{"t": t + 1, "top1": acc[t], "snn_ops_per_image": step_ops[t].item() / n,
              "snn_energy_uj": cumulative[t].mean().item() * 1e-6,
              "fraction_of_full": cumulative[t].mean().item() / snn_pj if snn_pj else 0.0,

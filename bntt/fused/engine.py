@@ -1,21 +1,24 @@
-"""The fused engine: the multistep time loop with the three things that make it fast on a GPU.
+"""The fused backend: the multistep way of running a block, with the three things that make it
+fast on a GPU.
 
 1. BNTT + LIF as one Triton kernel each way (bntt/fused/kernels.py), on channels-last maps.
-2. 2x2 average pooling inside the kernels: after a BNTT layer they write the pooled spikes
-   (their backward reads the pooled gradient), so the full-size spikes are never stored. Other
-   pools run as a mean over the channels-last view (`pool_channels_last`): same values as
-   avg_pool2d, but a broadcast for the backward and nothing saved for it.
+2. 2x2 average pooling inside the kernels: for a block with such a pool they write the pooled
+   spikes (their backward reads the pooled gradient), so the full-size spikes are never
+   stored. Other pools run as a mean over the channels-last view (`pool_channels_last`): same
+   values as avg_pool2d, but a broadcast for the backward and nothing saved for it.
 3. Convolutions that keep their spike input for the backward in one byte (`SpikeConv2d`).
-   The input of every conv in these networks is a spike map: input spikes in {-1, 0, 1}, LIF
-   spikes in {0, 1}, or k x k average-pooled spikes in {0, 1/k^2, ..., 1}. Multiplied by
-   `scale` (`spike_scale`: 1 or k^2) they are small integers, so an int8 copy rebuilds the
-   input exactly: the weight gradient comes from the same values through the same kernel as
-   nn.Conv2d's own backward, at half the memory of a bf16 copy (a quarter of float32). Where
-   a layer's spikes go into the next convolution, the BNTT + LIF kernel writes these codes
-   itself, beside the spikes (pooled: the window counts).
+   A block's spike maps are marked with `bntt.blocks.mark_spikes`: LIF spikes in {0, 1},
+   input spikes in {-1, 0, 1}, or k x k average-pooled spikes in {0, 1/k^2, ..., 1}.
+   Multiplied by their `scale` (`spike_scale`: 1 or k^2) they are small integers, so an int8
+   copy rebuilds the input exactly: the weight gradient comes from the same values through the
+   same kernel as nn.Conv2d's own backward, at half the memory of a bf16 copy (a quarter of
+   float32). For spike maps the BNTT + LIF kernel writes these codes itself, beside the spikes
+   (pooled: the window counts), and the next convolution keeps them instead of casting.
 
-It computes the function of `bntt.engines.run_multistep` (tests/test_engines.py); the design
-and its byte counts are in docs/fast-engine.md.
+A block the kernels do not cover (another norm, no neuron, a residual current, a stack that
+does not start at rest) runs as in multistep, its pool over the channels-last view. It computes
+the function of the multistep backend (tests/test_engines.py); the design and its byte counts
+are in docs/fast-engine.md.
 """
 from __future__ import annotations
 
@@ -23,44 +26,52 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bntt.blocks import Backend, mark_spikes, spike_codes
 from bntt.bntt import BNTT
-from bntt.engines import synapse_input
 from bntt.fused.kernels import bntt_lif, fusable_pool
 
 
-def run_fused(model, spikes: torch.Tensor) -> torch.Tensor:
-    """Input spike train [T, B, ...] -> readout current per step [T, B, classes]."""
-    steps, batch = spikes.shape[:2]
-    x = spikes.flatten(0, 1)
-    if x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    scale = 1  # x * scale is integral: input spikes (1), or k x k average-pooled spikes (k * k)
-    codes = None  # x as int8, where the kernel that made x wrote them
-    layers = list(model.spiking_layers())
-    for i, (synapse, bntt, pool) in enumerate(layers):
-        if isinstance(synapse, nn.Conv2d) and scale:
-            z = spike_conv(synapse, x, scale, codes)
+class Fused(Backend):
+    """All steps at once, BNTT + LIF (+ a 2x2 pool) in Triton kernels."""
+
+    name = "fused"
+
+    def steps_per_call(self, network: nn.Module, spikes: torch.Tensor) -> int:
+        return spikes.shape[0]
+
+    def run(self, block, x, u0, first_step: int, residual=None):
+        synapse, norm, neuron, pool = block.synapse, block.norm, block.neuron, block.pool
+        steps, batch = x.shape[:2]
+        stack, marked = x.flatten(0, 1), spike_codes(x)
+        if isinstance(synapse, nn.Conv2d):
+            stack = stack.contiguous(memory_format=torch.channels_last)
+            z = spike_conv(synapse, stack, *marked) if marked else synapse(stack)
         else:
-            z = synapse(synapse_input(x, synapse))
+            z = synapse(block.synapse_input(stack))
         z = z.unflatten(0, (steps, batch))
-        # the kernels fuse BNTT, and the pool after it where they can; the ablation's other
-        # normalisations run as in multistep
-        is_bntt = isinstance(bntt, BNTT)
+        if not (isinstance(norm, BNTT) and neuron is not None and residual is None
+                and u0 is None and first_step == 0):
+            if norm is not None:
+                z = norm(z, first_step=first_step)
+            if residual is not None:
+                z = z + residual
+            if neuron is None:
+                return z, None
+            s, u = neuron.run(z, u0)
+            if pool is not None:
+                s = pool_channels_last(s.flatten(0, 1), pool).unflatten(0, (steps, batch))
+            return mark_spikes(s, spike_scale(pool)), u
         k = pool_size(pool)
-        fuse_pool = is_bntt and k is not None and fusable_pool(k, z.shape[3:])
-        want_codes = (is_bntt and (pool is None or fuse_pool) and torch.is_grad_enabled()
-                      and i + 1 < len(layers) and isinstance(layers[i + 1][0], nn.Conv2d))
-        if is_bntt:
-            spikes = bntt_lif(z, bntt, model.neuron, want_codes, k if fuse_pool else 1)
-        else:
-            spikes = model.neuron(bntt(z))
-        spikes, codes = spikes if want_codes else (spikes, None)
-        x = spikes.flatten(0, 1)
-        codes = codes.flatten(0, 1) if codes is not None else None
+        fuse_pool = k is not None and fusable_pool(k, z.shape[3:])
+        want_codes = z.dim() == 5 and (pool is None or fuse_pool) and torch.is_grad_enabled()
+        s = bntt_lif(z, norm, neuron, want_codes, k if fuse_pool else 1)
+        s, codes = s if want_codes else (s, None)
         if pool is not None and not fuse_pool:
-            x = pool_channels_last(x, pool)
-        scale = spike_scale(pool)
-    return model.readout(x).unflatten(0, (steps, batch))
+            s = pool_channels_last(s.flatten(0, 1), pool).unflatten(0, (steps, batch))
+        return mark_spikes(s, spike_scale(pool), None if codes is None else codes.flatten(0, 1)), None
+
+
+FUSED = Fused()
 
 
 def pool_channels_last(x: torch.Tensor, pool) -> torch.Tensor:

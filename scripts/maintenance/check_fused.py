@@ -33,8 +33,8 @@ from bntt.models import build_model
 # (channels, height/width or None for the FC, k of the k x k pool after it or 1) of every
 # BNTT + LIF layer of VGG9 at 32x32
 _VGG9 = build_model("vgg9", num_steps=1)
-VGG9_LAYERS = [(*shape, pool_size(pool) or 1) for shape, (_, _, pool)
-               in zip(_VGG9.neuron_shapes, _VGG9.spiking_layers())]
+VGG9_LAYERS = [(*shape, pool_size(block.pool) or 1) for shape, block
+               in zip(_VGG9.neuron_shapes, _VGG9.blocks)]
 
 
 def pytorch_bntt_lif(z, bn, neuron, pool=1):

@@ -26,8 +26,8 @@ def layer_inputs(steps, batch, dtype, device):
     g = torch.Generator(device=device).manual_seed(0)
     out = []
     model = build_model("vgg9", num_steps=steps)
-    for (channels, size), (_, _, pool) in zip(model.neuron_shapes, model.spiking_layers()):
-        k = pool_size(pool) or 1
+    for (channels, size), block in zip(model.neuron_shapes, model.blocks):
+        k = pool_size(block.pool) or 1
         shape = (steps, batch, channels) + ((size, size) if size else ())
         z = (torch.randn(shape, device=device, generator=g) * 2 + 0.3).to(dtype)
         if size:
