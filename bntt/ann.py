@@ -19,10 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-# The module, not its names: bntt.models may import this module to register the ANNs, and its
-# plans are only read when a network is built.
-from bntt import models as snn
-from bntt.paper import BN_EPS, BN_MOMENTUM, INIT_GAIN
+from bntt.engines import ENGINES
+from bntt.names import check_name
+from bntt.paper import BN_EPS, BN_MOMENTUM, GLOBAL_POOL, INIT_GAIN, POOL, VGG9_PLAN, VGG11_PLAN
 
 
 class ANNVGG(nn.Module):
@@ -38,7 +37,7 @@ class ANNVGG(nn.Module):
     def __init__(self, plan, hidden: int, num_cls: int = 10, in_channels: int = 3,
                  img_size: int = 32):
         super().__init__()
-        halvings = plan.count(snn.POOL)
+        halvings = plan.count(POOL)
         if img_size % (2 ** halvings) or img_size < 2 ** halvings:
             raise ValueError(f"img_size must be a multiple of {2 ** halvings} for this network, "
                              f"got {img_size}")
@@ -47,12 +46,12 @@ class ANNVGG(nn.Module):
 
         channels, size, n_conv, n_pool = in_channels, img_size, 0, 0
         for entry in plan:
-            if entry in (snn.POOL, snn.GLOBAL_POOL):
+            if entry in (POOL, GLOBAL_POOL):
                 n_pool += 1
-                pool = nn.AvgPool2d(kernel_size=2) if entry == snn.POOL else nn.AdaptiveAvgPool2d((1, 1))
+                pool = nn.AvgPool2d(kernel_size=2) if entry == POOL else nn.AdaptiveAvgPool2d((1, 1))
                 setattr(self, f"pool{n_pool}", pool)
                 self._blocks[-1] = (*self._blocks[-1][:2], f"pool{n_pool}")
-                size = size // 2 if entry == snn.POOL else 1
+                size = size // 2 if entry == POOL else 1
                 continue
             n_conv += 1
             setattr(self, f"conv{n_conv}",
@@ -76,9 +75,6 @@ class ANNVGG(nn.Module):
         return []
 
     def set_engine(self, name: str) -> "ANNVGG":
-        from bntt.engines import ENGINES
-        from bntt.names import check_name
-
         check_name("engine", name, ENGINES)  # a typo is still an error, as for the SNNs
         return self
 
@@ -102,50 +98,13 @@ class ANNVGG(nn.Module):
 
 class ANN_VGG9(ANNVGG):
     def __init__(self, num_cls=10, in_channels=3, img_size=32):
-        super().__init__(snn.VGG9_PLAN, 1024, num_cls, in_channels, img_size)
+        super().__init__(VGG9_PLAN, 1024, num_cls, in_channels, img_size)
 
 
 class ANN_VGG11(ANNVGG):
     def __init__(self, num_cls=10, in_channels=3, img_size=32):
-        super().__init__(snn.VGG11_PLAN, 4096, num_cls, in_channels, img_size)
+        super().__init__(VGG11_PLAN, 4096, num_cls, in_channels, img_size)
 
 
 ANN_MODELS = {"vgg9_ann": ANN_VGG9, "vgg11_ann": ANN_VGG11}
 ANN_ARCHS = tuple(ANN_MODELS)
-
-
-def load_trained_ann(path, dataset: str | None = None):
-    """The ANN in checkpoint `path` (a file, or a run folder: its last.pt) as a
-    bntt.trained.Trained, on the CPU, in eval mode. The checkpoint's config must name its arch
-    ("vgg9_ann" or "vgg11_ann") and, unless `dataset` is given, its dataset; the network is
-    shaped for the dataset and the weights are loaded strictly. CheckpointError, in one line,
-    for anything else."""
-    # Imported here: they import bntt.models, which may come to import this module.
-    from bntt.checkpoint import CheckpointError, checkpoint_file, load_checkpoint, model_state
-    from bntt.data import DATASETS
-    from bntt.trained import Trained
-
-    source = checkpoint_file(path)
-    ckpt = load_checkpoint(source)
-    state = model_state(ckpt)
-    cfg = ckpt.get("config", {}) if isinstance(ckpt.get("config"), dict) else {}
-    arch = cfg.get("arch")
-    if arch not in ANN_MODELS:
-        raise CheckpointError(f"{source} is not an ANN checkpoint: its config names arch {arch!r}, "
-                              f"not one of {', '.join(ANN_ARCHS)}")
-    dataset = dataset or cfg.get("dataset")
-    if dataset is None:
-        raise CheckpointError(f"{source} does not record its dataset; pass --dataset")
-    if dataset not in DATASETS:
-        raise CheckpointError(f"{source} names dataset {dataset!r}, not one of {', '.join(DATASETS)}")
-    info = DATASETS[dataset]
-    if info.kind != "image":
-        raise CheckpointError(f"{source}: the ANNs take images, and {dataset} serves {info.kind}")
-    model = ANN_MODELS[arch](num_cls=info.num_cls, in_channels=info.in_channels,
-                             img_size=info.img_size)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{source} does not fit {arch} on {dataset}: "
-                              f"{' '.join(str(exc).split())[:300]}") from None
-    return Trained(model.eval(), dataset, cfg, source, arch)

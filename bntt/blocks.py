@@ -159,18 +159,20 @@ class Steps(nn.Module):
         return self.module(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
 
-def mark_spikes(x: torch.Tensor, scale: int | None = 1, codes: torch.Tensor | None = None):
+def mark_spikes(x: torch.Tensor, scale: int | None = 1, codes: torch.Tensor | None = None,
+                maker: nn.Module | None = None):
     """Record on x that x * scale holds integers in [-128, 127] (spikes; k x k average-pooled
     spikes with scale k * k), and, where one was made with x, their int8 copy `codes` [n * B,
-    ...]. A backend may then keep x for the backward in one byte (the fused engine's
-    convolutions). scale None records nothing. Returns x."""
+    ...] and the block that made them. A backend may then keep x for the backward in one byte
+    (the fused engine's convolutions). scale None records nothing. Returns x."""
     if scale is not None:
-        x._bntt_spikes = (scale, codes)
+        x._bntt_spikes = (scale, codes, maker)
     return x
 
 
 def spike_codes(x: torch.Tensor):
-    """(scale, int8 codes or None) where `mark_spikes` marked x, else None."""
+    """(scale, int8 codes or None, the block that made them) where `mark_spikes` marked x,
+    else None."""
     return getattr(x, "_bntt_spikes", None)
 
 

@@ -15,15 +15,14 @@ import torch
 import torch.nn as nn
 
 from bntt import engines
+from bntt.ann import ANN_ARCHS, ANN_MODELS
 from bntt.blocks import SpikingBlock, TimeState, mark_spikes
 from bntt.bntt import BNTT
 from bntt.coding import FrameEncoder, PoissonEncoder, SequenceEncoder
 from bntt.names import check_name
 from bntt.neuron import LIFNeuron, membrane_dtype
 from bntt.norms import NORMS, make_norm
-from bntt.paper import INIT_GAIN, THRESHOLD
-
-POOL, GLOBAL_POOL = "P", "G"
+from bntt.paper import GLOBAL_POOL, INIT_GAIN, POOL, THRESHOLD, VGG9_PLAN, VGG11_PLAN
 
 
 class SpikingNetwork(nn.Module):
@@ -59,15 +58,22 @@ class SpikingNetwork(nn.Module):
         super().__init__()
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        check_name("engine", engine, engines.ENGINES)
         self.norm = check_name("norm", norm, NORMS)  # BNTT, or what the ablation puts there
         self.num_steps = num_steps  # T; a BNTT layer's is the length of its [T, C] tensors
         self.num_cls = num_cls
         self.in_channels = in_channels  # input channels, or input features of a sequence
-        self.engine = engine  # the backend's name; set_engine resolves it
+        self.engine = engine  # the backend's name; resolved once per device
         self.encoder = encoder or PoissonEncoder()
         self.neuron = LIFNeuron(leak=leak_mem, threshold=THRESHOLD)
-        self.backend, self._backend_device = None, None  # resolved once per device
+
+    @property
+    def engine(self) -> str:
+        return self._engine
+
+    @engine.setter
+    def engine(self, name: str) -> None:
+        self._engine = check_name("engine", name, engines.ENGINES)
+        self.backend, self._backend_device = None, None  # resolved at the next forward
 
     @property
     def leak_mem(self) -> float:
@@ -91,8 +97,8 @@ class SpikingNetwork(nn.Module):
         Call it after moving the model to its device: `auto` picks by device, and `fused`
         where it cannot run raises RuntimeError saying what it needs.
         """
-        self.backend = engines.set_engine(self, name, self.num_steps)
         self.engine = name
+        self.backend = engines.set_engine(self, name, self.num_steps)
         self._backend_device = next(self.parameters()).device.type
         return self
 
@@ -219,8 +225,6 @@ class SpikingVGG(_Chain):
         self._init_weights()
 
 
-VGG9_PLAN = [64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL]
-VGG11_PLAN = [64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, GLOBAL_POOL]
 
 
 class SNN_VGG9_BNTT(SpikingVGG):
@@ -368,7 +372,6 @@ def build_for_dataset(arch: str, dataset: str, num_steps: int, leak_mem: float,
     """The network `arch` shaped for `dataset` (classes, input channels and size) with the
     encoder its samples need; `vgg9_ann` and `vgg11_ann` are the non-spiking twins
     (bntt/ann.py). ValueError, saying why, for a pair that does not fit."""
-    from bntt.ann import ANN_ARCHS, ANN_MODELS  # imported here: bntt.ann builds on this module
     from bntt.data import dataset_info  # imported here: the data registry is not needed otherwise
 
     check_name("arch", arch, ARCHS + ANN_ARCHS)

@@ -18,6 +18,12 @@ BN_EPS = 1e-4            # epsilon of every BNTT layer (Eq. 3)
 BN_MOMENTUM = 0.1        # momentum of BNTT's running statistics (Eq. 4)
 INIT_GAIN = 2.0          # Xavier-uniform gain of every conv and linear weight
 
+# The VGGs' conv widths, POOL for a 2x2 average pool, GLOBAL_POOL for a global one (section 2);
+# the spiking VGGs and their non-spiking twins are built from these plans.
+POOL, GLOBAL_POOL = "P", "G"
+VGG9_PLAN = [64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL]
+VGG11_PLAN = [64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, GLOBAL_POOL]
+
 # -- the training recipe (docs/spec.md, section 3) ------------------------------------------
 SGD_MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4      # on every parameter, BNTT's gammas included

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from bntt.ann import ANN_ARCHS, load_trained_ann
+from bntt.ann import ANN_ARCHS, ANN_MODELS
 from bntt.checkpoint import (CheckpointError, checkpoint_file, describe_state, load_checkpoint,
                              load_model_state, model_state)
-from bntt.data import dataset_info, make_datasets, make_test_loader
+from bntt.data import DATASETS, dataset_info, make_datasets, make_test_loader
 from bntt.models import build_for_dataset
 
 
@@ -26,6 +26,38 @@ class Trained:
     config: dict  # the run's configuration ({} for the authors' checkpoints)
     source: Path  # the checkpoint file
     arch: str
+
+
+def load_trained_ann(path, dataset: str | None = None):
+    """The ANN in checkpoint `path` (a file, or a run folder: its last.pt) as a
+    bntt.trained.Trained, on the CPU, in eval mode. The checkpoint's config must name its arch
+    ("vgg9_ann" or "vgg11_ann") and, unless `dataset` is given, its dataset; the network is
+    shaped for the dataset and the weights are loaded strictly. CheckpointError, in one line,
+    for anything else."""
+    source = checkpoint_file(path)
+    ckpt = load_checkpoint(source)
+    state = model_state(ckpt)
+    cfg = ckpt.get("config", {}) if isinstance(ckpt.get("config"), dict) else {}
+    arch = cfg.get("arch")
+    if arch not in ANN_MODELS:
+        raise CheckpointError(f"{source} is not an ANN checkpoint: its config names arch {arch!r}, "
+                              f"not one of {', '.join(ANN_ARCHS)}")
+    dataset = dataset or cfg.get("dataset")
+    if dataset is None:
+        raise CheckpointError(f"{source} does not record its dataset; pass --dataset")
+    if dataset not in DATASETS:
+        raise CheckpointError(f"{source} names dataset {dataset!r}, not one of {', '.join(DATASETS)}")
+    info = DATASETS[dataset]
+    if info.kind != "image":
+        raise CheckpointError(f"{source}: the ANNs take images, and {dataset} serves {info.kind}")
+    model = ANN_MODELS[arch](num_cls=info.num_cls, in_channels=info.in_channels,
+                             img_size=info.img_size)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source} does not fit {arch} on {dataset}: "
+                              f"{' '.join(str(exc).split())[:300]}") from None
+    return Trained(model.eval(), dataset, cfg, source, arch)
 
 
 def _infer_dataset(desc: dict) -> str:

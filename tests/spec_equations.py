@@ -73,3 +73,46 @@ def spec_logits(p, layers, spikes, leak, training):
         s = lif("fc1", batch_norm_step(z, p, "bntt_fc", t, training, new_stats))
         total = total + s @ p["fc2.weight"].t()
     return total / steps, new_stats
+
+
+# ResNet-19 (tdBN's): (stage, blocks, stride of the first block) and the state_dict names
+# conv1.synapse/norm, layer{i}.{j}.conv1|conv2|shortcut.synapse/norm, fc1.synapse/norm, fc2.synapse
+RESNET19_STAGES = [(1, 3, 1), (2, 3, 2), (3, 2, 2)]
+
+
+def spec_resnet19_logits(p, spikes, leak, training):
+    """ResNet-19's logits [B, classes] and updated running statistics, from a state_dict `p`:
+    per step, every residual block computes
+        s1 = LIF(BNTT(conv3x3_stride(x)));  s = LIF(BNTT(conv3x3(s1)) + shortcut),
+    with shortcut = x, or BNTT(conv1x1_stride(x)) where the shape changes; the last block's
+    spikes are averaged over the map, then LIF(BNTT(fc1)) and the readout fc2."""
+    steps = spikes.shape[0]
+    membrane, new_stats, total = {}, {}, 0.0
+
+    def lif(name, current):
+        u = membrane.get(name, torch.zeros_like(current))
+        v = leak * u + current
+        s = spike(v)
+        membrane[name] = v - THETA * s.detach()
+        return s
+
+    def conv_bn(name, x, t, stride, padding):
+        z = F.conv2d(x, p[f"{name}.synapse.weight"], stride=stride, padding=padding)
+        return batch_norm_step(z, p, f"{name}.norm", t, training, new_stats)
+
+    for t in range(steps):
+        x = lif("conv1", conv_bn("conv1", spikes[t], t, 1, 1))
+        for stage, count, first_stride in RESNET19_STAGES:
+            for j in range(count):
+                name, stride = f"layer{stage}.{j}", first_stride if j == 0 else 1
+                s1 = lif(f"{name}.conv1", conv_bn(f"{name}.conv1", x, t, stride, 1))
+                if f"{name}.shortcut.synapse.weight" in p:
+                    shortcut = conv_bn(f"{name}.shortcut", x, t, stride, 0)
+                else:
+                    shortcut = x
+                x = lif(f"{name}.conv2", conv_bn(f"{name}.conv2", s1, t, 1, 1) + shortcut)
+        x = x.mean(dim=(2, 3))
+        z = x @ p["fc1.synapse.weight"].t()
+        s = lif("fc1", batch_norm_step(z, p, "fc1.norm", t, training, new_stats))
+        total = total + s @ p["fc2.synapse.weight"].t()
+    return total / steps, new_stats

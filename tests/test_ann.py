@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bntt.ann import ANN_VGG9, ANN_VGG11, ANNVGG, load_trained_ann
+from bntt.ann import ANN_VGG9, ANN_VGG11, ANNVGG
+from bntt.trained import load_trained_ann
 from bntt.checkpoint import CheckpointError
 from bntt.models import POOL, SNN_VGG9_BNTT, SNN_VGG11_BNTT
 from bntt.paper import BN_EPS, BN_MOMENTUM

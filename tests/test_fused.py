@@ -201,3 +201,57 @@ def test_check_script_covers_the_pooled_layers(tmp_path):
     assert all(r["neurons_differing"] == 0 and r["dz"] < 1e-12 and r["dgamma"] < 1e-12
                for r in report["layers"])
     assert report["model"]["logits"] < 1e-12 and report["model"]["worst_parameter_grad"] < 1e-12
+
+
+@needs_triton_interpreter
+def test_a_vgg9_training_step_launches_no_more_work():
+    """The kernels, copies and dtype casts of a second VGG9 training step (forward and
+    backward) on the fused engine, counted at PyTorch's dispatcher and at the Triton launches
+    (the interpreter's own work inside a launch is not counted). The budget is what the engine
+    took before it ran on spiking blocks: 8 launches of each of the four kernels (7 conv layers
+    and the FC), 44 copies and casts, 7 convolutions each way, 625 dispatched operations."""
+    import collections
+
+    import triton.runtime.interpreter as interpreter
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from helpers import small_model
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops, self.inside = collections.Counter(), 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not self.inside:
+                self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    count = Count()
+    launch = interpreter.GridExecutor.__call__
+
+    def counted_launch(self, *args, **kwargs):
+        count.ops["launch " + self.fn.__name__] += 1
+        count.inside += 1
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            count.inside -= 1
+
+    model = small_model("vgg9", 2, torch.float32, engine="fused").set_engine("fused").train()
+    spikes = (torch.rand(2, 2, 3, 16, 16, generator=torch.Generator().manual_seed(4)) < 0.5).float()
+    model.forward_spikes(spikes).sum().backward()  # the first step learns where codes are read
+    interpreter.GridExecutor.__call__ = counted_launch
+    try:
+        with count:
+            model.forward_spikes(spikes).sum().backward()
+    finally:
+        interpreter.GridExecutor.__call__ = launch
+    ops = count.ops
+    assert {k: v for k, v in ops.items() if k.startswith("launch")} == {
+        "launch _stats_kernel": 8, "launch _forward_kernel": 8, "launch _backward_scan_kernel": 8,
+        "launch _batchnorm_grad_kernel": 8}
+    assert ops["copy_"] + ops["clone"] + ops["_to_copy"] <= 44
+    assert ops["convolution"] == ops["convolution_backward"] == 7
+    assert ops["zeros"] + ops["zeros_like"] + ops["empty_like"] <= 36
+    assert sum(ops.values()) <= 625

@@ -40,12 +40,12 @@ from tqdm import tqdm
 from bntt.analysis import check_out_dir, csv_bytes, make_out_dir, write_report
 from bntt.analysis.attacks import (ann_logits_fn, fgsm, gaussian_noise, normaliser, pgd,
                                    snn_logits_fn, to_pixels)
-from bntt.ann import ANN_ARCHS, load_trained_ann
+from bntt.ann import ANN_ARCHS
 from bntt.checkpoint import EventFile, checkpoint_file, load_checkpoint, run_folder_of
 from bntt.cli import UsageError, pick_device, pyplot, require
 from bntt.data import DATASETS, dataset_info
 from bntt.engines import ENGINES
-from bntt.trained import Trained, load_trained, test_loader
+from bntt.trained import Trained, load_trained, load_trained_ann, test_loader
 
 DEFAULT_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
 DEFAULT_EPS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)  # in 1/255

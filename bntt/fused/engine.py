@@ -45,7 +45,13 @@ class Fused(Backend):
         stack, marked = x.flatten(0, 1), spike_codes(x)
         if isinstance(synapse, nn.Conv2d):
             stack = stack.contiguous(memory_format=torch.channels_last)
-            z = spike_conv(synapse, stack, *marked) if marked else synapse(stack)
+            if marked:
+                scale, codes, maker = marked
+                z = spike_conv(synapse, stack, scale, codes)
+                if codes is not None and maker is not None:
+                    maker._codes_read = True
+            else:
+                z = synapse(stack)
         else:
             z = synapse(block.synapse_input(stack))
         z = z.unflatten(0, (steps, batch))
@@ -63,12 +69,18 @@ class Fused(Backend):
             return mark_spikes(s, spike_scale(pool)), u
         k = pool_size(pool)
         fuse_pool = k is not None and fusable_pool(k, z.shape[3:])
-        want_codes = z.dim() == 5 and (pool is None or fuse_pool) and torch.is_grad_enabled()
+        # The codes are written for maps while a convolution has read the last ones this block
+        # wrote (the first time, on trust): not for the last maps before a linear layer.
+        want_codes = (z.dim() == 5 and (pool is None or fuse_pool) and torch.is_grad_enabled()
+                      and getattr(block, "_codes_read", True))
         s = bntt_lif(z, norm, neuron, want_codes, k if fuse_pool else 1)
         s, codes = s if want_codes else (s, None)
+        if want_codes:
+            block._codes_read = False  # until a convolution reads these
         if pool is not None and not fuse_pool:
             s = pool_channels_last(s.flatten(0, 1), pool).unflatten(0, (steps, batch))
-        return mark_spikes(s, spike_scale(pool), None if codes is None else codes.flatten(0, 1)), None
+        codes = None if codes is None else codes.flatten(0, 1)
+        return mark_spikes(s, spike_scale(pool), codes, block), None
 
 
 FUSED = Fused()
