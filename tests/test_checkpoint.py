@@ -1,5 +1,6 @@
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,3 +65,22 @@ def test_a_failed_write_is_one_line_naming_the_file_and_what_is_kept():
         os.close(fd)
     assert str(failed.value) == ("cannot write runs/r/metrics.jsonl (no space left on device); "
                                  "last.pt still holds epoch 1")
+
+
+def test_a_checkpoint_of_the_earlier_layout_loads_and_gives_its_logits():
+    """tests/checkpoints/: the last.pt of a one-epoch run of the FC network on the bundled
+    Sequential Fashion-MNIST subset (hidden 16, 16; T = 28), written by train.py before the
+    networks were built from spiking blocks, and the logits that code gave for 8 test images
+    in eval and train mode. The same file loads strictly into today's network and gives them."""
+    from bntt.trained import load_trained
+
+    here = Path(__file__).parent / "checkpoints"
+    expected = torch.load(here / "fc_seqfashionmnist_logits.pt", weights_only=True)
+    trained = load_trained(here / "fc_seqfashionmnist_last.pt")
+    assert (trained.arch, trained.dataset, trained.model.hidden) == ("fc", "seqfashionmnist_subset", (16, 16))
+    with torch.no_grad():
+        eval_logits = trained.model(expected["images"])
+        train_logits = trained.model.train()(expected["images"])
+    torch.testing.assert_close(eval_logits, expected["eval_logits"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(train_logits, expected["train_logits"], rtol=1e-6, atol=1e-6)
+    assert eval_logits.std() > 0.1
