@@ -45,7 +45,6 @@ from bntt.coding import SEQUENCE_CODINGS, SEQUENCE_ORDERS
 from bntt.data import DATASETS, make_datasets, make_loaders
 from bntt.data.sampling import set_epoch
 from bntt.engines import ENGINES
-from bntt.engines import resolve as resolve_engine
 from bntt.names import check_name
 from bntt.norms import NORMS
 from bntt.paper import sgd
@@ -362,7 +361,7 @@ def prepare_run(cfg: dict, ckpt: dict | None, world: distributed.World | None = 
         raise UsageError(str(err)) from None
     model = distributed.unwrap(net)  # the ANN twin's BatchNorms may have become SyncBatchNorms
     run = Run(cfg, folder, device, model, sgd(model.parameters(), cfg["lr"]), train_loader,
-              test_loader, engine=resolve_engine(cfg["engine"], next(model.parameters()), cfg["num_steps"]),
+              test_loader, engine=model.backend.name if model.backend else cfg["engine"],
               world=world, net=net)
     if ckpt is not None:
         restore(run, ckpt)

@@ -33,6 +33,7 @@ class ANNVGG(nn.Module):
     encoder = None      # the normalised image is the input
     leak_mem = None
     engine = None
+    backend = None      # no time loop to run
 
     def __init__(self, plan, hidden: int, num_cls: int = 10, in_channels: int = 3,
                  img_size: int = 32):
