@@ -137,11 +137,18 @@ def _module_names(model) -> dict:
     return {id(m): name for name, m in model.named_modules()}
 
 
+def part_name(names: dict, block, part) -> str:
+    """A block's part as reports name it: the block's own name where the block holds the part
+    (layer1.0.conv1 in ResNet-19), the part's where the network does (conv1, bntt1 in the
+    paper's networks, which keep the authors' names)."""
+    own, name = names[id(block)], names[id(part)]
+    return own if name.startswith(own + ".") else name
+
+
 def block_name(names: dict, block) -> str:
-    """A spiking block's name in reports: its norm's (bntt1, ..., bntt_fc in the paper's
-    networks, whichever normalisation --norm put there), else its synapse's."""
-    part = block.norm if block.norm is not None else block.synapse
-    return names.get(id(part)) or names[id(block)]
+    """A spiking block's name in reports: that of its norm (bntt1, ..., bntt_fc in the paper's
+    networks, whichever normalisation --norm put there), else of its synapse."""
+    return part_name(names, block, block.norm if block.norm is not None else block.synapse)
 
 
 def _layer_macs(synapse: nn.Module, output: torch.Tensor) -> dict:
@@ -158,11 +165,11 @@ def ann_macs(model, sample_shape) -> list:
     [{"layer", "kind", "macs"}, ...] in the order the network runs its blocks, the readout
     last. One step of zeros runs through the network to see the shapes."""
     names = _module_names(model)
-    synapses = {id(b.synapse) for b in blocks(model)}
+    synapses = {id(b.synapse): part_name(names, b, b.synapse) for b in blocks(model)}
     rows = []
 
     def record(layer, inputs, output):
-        rows.append({"layer": names[id(layer)], **_layer_macs(layer, output[0])})
+        rows.append({"layer": synapses[id(layer)], **_layer_macs(layer, output[0])})
 
     hooks = [m.register_forward_hook(record) for m in model.modules() if id(m) in synapses]
     param = next(model.parameters())
