@@ -129,6 +129,19 @@ class SpikingBlock(nn.Module):
         state.membranes[self] = u
         return out
 
+    def fire(self, z: torch.Tensor, u: torch.Tensor | None = None, first_step: int = 0,
+             residual: torch.Tensor | None = None):
+        """The rest of the block after the synapse, for a stack of synaptic currents z [n, B,
+        ...] of steps first_step..: the norm over all of them in one call, the residual current,
+        the neuron step by step. Returns (spikes before the pool, or z without a neuron; u_n)."""
+        if self.norm is not None:
+            z = self.norm(z, first_step=first_step)
+        if residual is not None:
+            z = z + residual
+        if self.neuron is None:
+            return z, None
+        return self.neuron.run(z, u)
+
     def pool_stack(self, s: torch.Tensor) -> torch.Tensor:
         """The pool applied to a stack [n, B, C, H, W] of spike maps (none: s)."""
         if self.pool is None:

@@ -19,13 +19,18 @@ from dataclasses import dataclass
 import torch
 
 
+def prefix_logits(currents: torch.Tensor) -> torch.Tensor:
+    """Readout currents [T, B, classes] -> logits after each prefix of steps (Eq. 10 for t
+    steps), accumulated in at least float32."""
+    currents = currents.to(torch.promote_types(currents.dtype, torch.float32))
+    steps = torch.arange(1, currents.shape[0] + 1, device=currents.device, dtype=currents.dtype)
+    return currents.cumsum(0) / steps.view(-1, 1, 1)
+
+
 def cumulative_logits(model, spikes: torch.Tensor) -> torch.Tensor:
     """Input spike train [T, B, ...] -> logits after each prefix, [T, B, classes]: entry t-1 is
     what the same network run for t steps returns."""
-    currents = model.readout_currents(spikes)
-    currents = currents.to(torch.promote_types(currents.dtype, torch.float32))
-    steps = torch.arange(1, spikes.shape[0] + 1, device=currents.device, dtype=currents.dtype)
-    return currents.cumsum(0) / steps.view(-1, 1, 1)
+    return prefix_logits(model.readout_currents(spikes))
 
 
 @dataclass
@@ -70,12 +75,18 @@ def softmax_margin(logits: torch.Tensor) -> torch.Tensor:
 def sample_exit(margins: torch.Tensor, correct: torch.Tensor, threshold: float) -> tuple[float, float]:
     """Per-sample exit from margins [T, N] and per-step correctness [T, N] (bool): each sample
     stops at its first step with margin >= threshold, or at T. Returns (top-1 %, mean steps)."""
+    first = exit_steps(margins, threshold)
+    hit = correct.gather(0, first.view(1, -1)).squeeze(0)
+    return 100.0 * hit.float().mean().item(), (first + 1).float().mean().item()
+
+
+def exit_steps(margins: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The 0-based step [N] at which each sample stops: its first step with margin >=
+    threshold, else the last."""
     check_threshold(threshold, "confidence threshold")
     confident = margins >= threshold
     last = torch.full_like(confident[0], margins.shape[0] - 1, dtype=torch.long)
-    first = torch.where(confident.any(0), confident.float().argmax(0), last)  # 0-based step
-    hit = correct.gather(0, first.view(1, -1)).squeeze(0)
-    return 100.0 * hit.float().mean().item(), (first + 1).float().mean().item()
+    return torch.where(confident.any(0), confident.float().argmax(0), last)
 
 
 def truncate_steps(model, steps: int):

@@ -58,15 +58,8 @@ class Multistep(Backend):
 
     def fire(self, block: SpikingBlock, x, u0, first_step: int, residual=None):
         """The block's output before its pool (its spikes, or z without a neuron), and u_n."""
-        steps, batch = x.shape[:2]
-        z = block.synapse(block.synapse_input(x.flatten(0, 1))).unflatten(0, (steps, batch))
-        if block.norm is not None:
-            z = block.norm(z, first_step=first_step)
-        if residual is not None:
-            z = z + residual
-        if block.neuron is None:
-            return z, None
-        return block.neuron.run(z, u0)
+        a = block.synapse(block.synapse_input(x.flatten(0, 1))).unflatten(0, x.shape[:2])
+        return block.fire(a, u0, first_step, residual)
 
     def run(self, block: SpikingBlock, x, u0, first_step: int, residual=None):
         s, u = self.fire(block, x, u0, first_step, residual)

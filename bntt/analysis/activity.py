@@ -159,26 +159,20 @@ def _layer_macs(synapse: nn.Module, output: torch.Tensor) -> dict:
     return {"kind": "linear", "macs": int(synapse.in_features * output.numel())}
 
 
-def ann_macs(model, sample_shape) -> list:
-    """MACs per synaptic layer of the ANN of `model`'s architecture for one input of
-    `sample_shape` (one step's input without the batch: (C, H, W), or (features,)):
-    [{"layer", "kind", "macs"}, ...] in the order the network runs its blocks, the readout
-    last. One step of zeros runs through the network to see the shapes."""
-    names = _module_names(model)
-    synapses = {id(b.synapse): part_name(names, b, b.synapse) for b in blocks(model)}
+def _macs(model, names: dict, run) -> list:
+    """[{"layer", "kind", "macs"}, ...] for one sample, of the layers of `model` that `names`
+    names ({id(module): name}), in the order `run()` uses them, in eval mode without gradients."""
     rows = []
 
     def record(layer, inputs, output):
-        rows.append({"layer": synapses[id(layer)], **_layer_macs(layer, output[0])})
+        rows.append({"layer": names[id(layer)], **_layer_macs(layer, output[0])})
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if id(m) in synapses]
-    param = next(model.parameters())
+    hooks = [m.register_forward_hook(record) for m in model.modules() if id(m) in names]
     training = model.training
     try:
-        model.eval()
-        with torch.no_grad(), running_on(model, MULTISTEP):
-            zeros = torch.zeros(1, 1, *sample_shape, device=param.device, dtype=param.dtype)
-            run_steps(model, model.layers, zeros, MULTISTEP)
+        model.eval()  # one sample: BatchNorms use their running statistics
+        with torch.no_grad():
+            run()
     finally:
         model.train(training)
         for hook in hooks:
@@ -186,27 +180,30 @@ def ann_macs(model, sample_shape) -> list:
     return rows
 
 
+def ann_macs(model, sample_shape) -> list:
+    """MACs per synaptic layer of the ANN of `model`'s architecture for one input of
+    `sample_shape` (one step's input without the batch: (C, H, W), or (features,)):
+    [{"layer", "kind", "macs"}, ...] in the order the network runs its blocks, the readout
+    last. One step of zeros runs through the network to see the shapes."""
+    names = _module_names(model)
+    synapses = {id(b.synapse): part_name(names, b, b.synapse) for b in blocks(model)}
+    param = next(model.parameters())
+    zeros = torch.zeros(1, 1, *sample_shape, device=param.device, dtype=param.dtype)
+
+    def run():
+        with running_on(model, MULTISTEP):
+            run_steps(model, model.layers, zeros, MULTISTEP)
+    return _macs(model, synapses, run)
+
+
 def twin_macs(ann, sample_shape) -> list:
     """MACs per layer of a non-spiking network (the ANN twin) for one input of `sample_shape`
     ((C, H, W), without the batch): [{"layer", "kind", "macs"}, ...] for every conv and linear
     layer, in the order its forward pass runs them (the readout last)."""
-    names, rows = _module_names(ann), []
-
-    def record(layer, inputs, output):
-        rows.append({"layer": names[id(layer)], **_layer_macs(layer, output[0])})
-
-    hooks = [m.register_forward_hook(record) for m in ann.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    names = {id(m): name for name, m in ann.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     param = next(ann.parameters())
-    training = ann.training
-    try:
-        ann.eval()  # one sample: its BatchNorms use their running statistics
-        with torch.no_grad():
-            ann(torch.zeros(1, *sample_shape, device=param.device, dtype=param.dtype))
-    finally:
-        ann.train(training)
-        for hook in hooks:
-            hook.remove()
-    return rows
+    return _macs(ann, names, lambda: ann(torch.zeros(1, *sample_shape, device=param.device,
+                                                     dtype=param.dtype)))
 
 
 def _is_spikes(x: torch.Tensor) -> bool:
@@ -326,7 +323,7 @@ def activity_pass(model, loader, device, eval_seed: int = 0) -> Activity:
         with running_on(model, counter):
             currents = run_steps(model, model.layers, encoded, counter)
         counter.end_batch()
-        logits = prefix_logits(currents)
+        logits = early_exit.prefix_logits(currents)
         # The class utill.correct_topk picks, as train.py and evaluate.py score: where logits
         # tie (no spike reached the readout) topk and argmax can pick different classes.
         hits = torch.stack([step.topk(1, 1).indices[:, 0] for step in logits]) == labels
@@ -360,24 +357,6 @@ def ann_pass(model, loader, device) -> AnnScore:
     if not images:
         raise UsageError("the test set is empty")
     return AnnScore(hits, images, shape)
-
-
-def prefix_logits(currents: torch.Tensor) -> torch.Tensor:
-    """Readout currents [T, B, K] -> logits after each prefix of steps, as
-    early_exit.cumulative_logits computes them from the same currents."""
-    currents = currents.to(torch.promote_types(currents.dtype, torch.float32))
-    steps = torch.arange(1, currents.shape[0] + 1, device=currents.device, dtype=currents.dtype)
-    return currents.cumsum(0) / steps.view(-1, 1, 1)
-
-
-def exit_steps(margins: torch.Tensor, threshold: float) -> torch.Tensor:
-    """0-based step at which each sample stops under early_exit.sample_exit's rule: its first
-    step with margin >= threshold, else the last. early_exit.sample_exit gives only the means;
-    the energy needs each sample's step."""
-    early_exit.check_threshold(threshold, "confidence threshold")
-    confident = margins >= threshold
-    last = torch.full_like(confident[0], margins.shape[0] - 1, dtype=torch.long)
-    return torch.where(confident.any(0), confident.float().argmax(0), last)
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -436,7 +415,7 @@ def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidenc
             for t in range(steps)]
     sample_exit = []
     for c in confidences:
-        stop = exit_steps(activity.margins, c).view(1, -1)
+        stop = early_exit.exit_steps(activity.margins, c).view(1, -1)
         top1 = 100.0 * activity.correct.gather(0, stop).double().mean().item()
         energy = cumulative.gather(0, stop).mean().item()
         sample_exit.append({"threshold": c, "top1": top1, "mean_steps": (stop + 1).double().mean().item(),

@@ -57,13 +57,9 @@ class Fused(Backend):
         z = z.unflatten(0, (steps, batch))
         if not (isinstance(norm, BNTT) and neuron is not None and residual is None
                 and u0 is None and first_step == 0):
-            if norm is not None:
-                z = norm(z, first_step=first_step)
-            if residual is not None:
-                z = z + residual
+            s, u = block.fire(z, u0, first_step, residual)
             if neuron is None:
-                return z, None
-            s, u = neuron.run(z, u0)
+                return s, None
             if pool is not None:
                 s = pool_channels_last(s.flatten(0, 1), pool).unflatten(0, (steps, batch))
             return mark_spikes(s, spike_scale(pool)), u
