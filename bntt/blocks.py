@@ -1,7 +1,7 @@
 """The spiking block: a synapse, its normalisation, the LIF neuron and an optional pool, the
-unit every network here is built from (docs/spec.md, section 3).
+unit every network here is built from (docs/spec.md, section 6, "Spiking blocks and backends").
 
-For the input x_t of step t, a block computes (Eq. 3-8):
+For the input x_t of step t, a block computes (Eq. 2-9):
 
     a_t        = synapse(x_t)              conv or linear (maps are flattened for a linear one)
     z_t        = norm(a_t, t) + r_t        BNTT or another --norm; r_t a residual current, if any

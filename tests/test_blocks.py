@@ -3,6 +3,7 @@ against its equations on every backend, a residual network of one's own on every
 one step against all steps, the engine resolved once, one leak and one T, and the import
 order of the package."""
 import ast
+import json
 import copy
 from pathlib import Path
 
@@ -203,3 +204,57 @@ def test_the_package_imports_without_a_circle():
     for name in sorted(graph):
         visit(name, [])
     assert "bntt.fused" in graph["bntt.engines"] and "bntt.engines" not in graph["bntt.fused.engine"]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("engine", BACKENDS[1:])
+@pytest.mark.parametrize("norm", ["bn", "tdbn", "none"])
+def test_resnet19_with_every_norm_on_every_backend(norm, engine, training):
+    """Against the reference engine, or, for tdBN in training (statistics over all steps at
+    once), against multistep."""
+    baseline = "multistep" if norm == "tdbn" and training else "reference"
+    if engine == baseline:
+        pytest.skip("the baseline itself")
+    torch.manual_seed(0)
+    reference = build_model("resnet19", num_steps=3, img_size=8, norm=norm).double().train(training)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in reference.modules():
+            if getattr(m, "running_var", None) is not None:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            if norm == "none" and isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(0.5)  # no norm to tame xavier-gain-2 weights over 19 layers
+    reference.engine = baseline
+    fast = copy.deepcopy(reference)
+    fast.engine = engine
+    spikes = poisson_spikes(torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=g) * 2, 3,
+                            generator=g)
+    weights = torch.randn(4, 10, dtype=torch.float64, generator=g)
+    assert_same_run(fast, reference, spikes, weights)
+
+
+def test_resnet19_trains_and_is_evaluated_and_analysed(tmp_path, capsys):
+    import analyze
+    import evaluate
+    import train
+
+    assert train.cli(["--dataset", "fashionmnist_subset", "--arch", "resnet19", "--num_steps", "2",
+                      "--batch_size", "8", "--lr", "0.02", "--num_workers", "0", "--train_samples", "16",
+                      "--test_samples", "8", "--num_epochs", "1", "--device", "cpu",
+                      "--out_dir", str(tmp_path), "--run_name", "r"]) == 0
+    run = tmp_path / "r"
+    assert evaluate.cli(["--checkpoint", str(run), "--test_samples", "8", "--device", "cpu",
+                         "--out_dir", str(tmp_path / "ev"), "--no_plots"]) == 0
+    report = json.loads((tmp_path / "ev" / "early_exit.json").read_text())
+    layers = list(dict.fromkeys(g["layer"] for g in report["gamma"]))
+    assert len(layers) == 20 and layers[0] == "conv1.norm" and layers[-1] == "fc1.norm"
+    assert analyze.cli(["activity", "--checkpoint", str(run), "--test_samples", "8", "--batch_size", "8",
+                        "--device", "cpu", "--no_plots"]) == 0
+    activity = json.loads((run / "activity" / "activity.json").read_text())
+    layers = [r["layer"] for r in activity["energy"]["layers"]]
+    assert len(layers) == 22 and layers[:2] == ["conv1", "layer1.0.conv1"]
+    sources = {r["layer"]: r["inputs_from"] for r in activity["energy"]["layers"]}
+    assert sources["layer2.0.shortcut"] == sources["layer2.0.conv1"] == "layer1.2.conv2"
+    assert sources["fc1"] == "layer3.1.conv2 pooled"
+    capsys.readouterr()
