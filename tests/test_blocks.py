@@ -224,7 +224,7 @@ def test_resnet19_with_every_norm_on_every_backend(norm, engine, training):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
             if norm == "none" and isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(0.5)  # no norm to tame xavier-gain-2 weights over 19 layers
+                m.weight.mul_(2.0)  # without a norm, activity dies out over 19 layers at init
     reference.engine = baseline
     fast = copy.deepcopy(reference)
     fast.engine = engine
@@ -253,7 +253,7 @@ def test_resnet19_trains_and_is_evaluated_and_analysed(tmp_path, capsys):
                         "--device", "cpu", "--no_plots"]) == 0
     activity = json.loads((run / "activity" / "activity.json").read_text())
     layers = [r["layer"] for r in activity["energy"]["layers"]]
-    assert len(layers) == 22 and layers[:2] == ["conv1", "layer1.0.conv1"]
+    assert len(layers) == 21 and layers[:2] == ["conv1", "layer1.0.conv1"]  # 19 convs, 2 FC
     sources = {r["layer"]: r["inputs_from"] for r in activity["energy"]["layers"]}
     assert sources["layer2.0.shortcut"] == sources["layer2.0.conv1"] == "layer1.2.conv2"
     assert sources["fc1"] == "layer3.1.conv2 pooled"
