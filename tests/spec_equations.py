@@ -48,10 +48,10 @@ def batch_norm_step(z, p, name, t, training, new_stats):
     return gamma * (z - mean.view(shape)) / torch.sqrt(var.view(shape) + EPS)
 
 
-def spec_logits(p, layers, spikes, leak, training):
-    """Logits [B, classes] and the updated running statistics, from a state_dict `p`."""
-    steps = spikes.shape[0]
-    membrane, new_stats, total = {}, {}, 0.0
+def neurons(leak):
+    """lif(name, current) -> spikes: LIF neurons (Eq. 5-7), each name with its own membrane,
+    from rest."""
+    membrane = {}
 
     def lif(name, current):
         u = membrane.get(name, torch.zeros_like(current))
@@ -59,6 +59,13 @@ def spec_logits(p, layers, spikes, leak, training):
         s = spike(v)
         membrane[name] = v - THETA * s.detach()
         return s
+    return lif
+
+
+def spec_logits(p, layers, spikes, leak, training):
+    """Logits [B, classes] and the updated running statistics, from a state_dict `p`."""
+    steps = spikes.shape[0]
+    lif, new_stats, total = neurons(leak), {}, 0.0
 
     for t in range(steps):
         x = spikes[t]
@@ -87,14 +94,7 @@ def spec_resnet19_logits(p, spikes, leak, training):
     with shortcut = x, or BNTT(conv1x1_stride(x)) where the shape changes; the last block's
     spikes are averaged over the map, then LIF(BNTT(fc1)) and the readout fc2."""
     steps = spikes.shape[0]
-    membrane, new_stats, total = {}, {}, 0.0
-
-    def lif(name, current):
-        u = membrane.get(name, torch.zeros_like(current))
-        v = leak * u + current
-        s = spike(v)
-        membrane[name] = v - THETA * s.detach()
-        return s
+    lif, new_stats, total = neurons(leak), {}, 0.0
 
     def conv_bn(name, x, t, stride, padding):
         z = F.conv2d(x, p[f"{name}.synapse.weight"], stride=stride, padding=padding)

@@ -15,10 +15,10 @@ from bntt import BNTT, LIFNeuron, engines
 from bntt.blocks import SpikingBlock, Steps, TimeState, blocks
 from bntt.coding import poisson_spikes
 from bntt.models import SpikingNetwork, build_model
-from helpers import grads_in_authors_layout, needs_triton_interpreter, small_model
-from spec_equations import input_spikes, spec_resnet19_logits
+from helpers import needs_triton_interpreter, small_model
+from spec_equations import spec_resnet19_logits
 from test_engines import assert_same_run
-from test_model_spec import deterministic_images
+from test_model_spec import check_against_spec, deterministic_images
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["reference", "multistep", "cpu", pytest.param("fused", marks=needs_triton_interpreter)]
@@ -29,31 +29,12 @@ BACKENDS = ["reference", "multistep", "cpu", pytest.param("fused", marks=needs_t
 def test_resnet19_matches_its_equations(engine, training):
     """Logits, every parameter gradient and the running statistics of ResNet-19 in float64,
     against tests/spec_equations.py (residual adds before the neuron, 1x1 shortcuts)."""
-    steps, leak = 2, 0.9
-    model = small_model("resnet19", steps, torch.float64, img_size=8, engine=engine, leak=leak)
-    model.train(training)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    images = deterministic_images(4, 3, 8, seed=1)
-    weights = torch.randn(4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-
-    logits = model(images)
-    (logits * weights).sum().backward()
-
-    params = {k: v.requires_grad_() for k, v in state.items() if k.endswith("weight")}
-    expected, new_stats = spec_resnet19_logits(state, input_spikes(images, steps), leak, training)
-    expected_grads = torch.autograd.grad((expected * weights).sum(), list(params.values()))
-
-    assert logits.std() > 0.01  # the network is really spiking
-    torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-12)
-    got = grads_in_authors_layout(model)
-    assert set(got) == set(params)
-    for key, grad in zip(params, expected_grads):
-        torch.testing.assert_close(got[key], grad, rtol=1e-9, atol=1e-12, msg=key)
-    if training:
-        assert len(new_stats) == 2 * steps * len(model.bntt_layers()) == 2 * steps * 20
-        after = model.state_dict()
-        for key, value in new_stats.items():
-            torch.testing.assert_close(after[key], value, rtol=1e-10, atol=1e-12, msg=key)
+    leak = 0.9
+    model = small_model("resnet19", 2, torch.float64, img_size=8, engine=engine, leak=leak)
+    new_stats = check_against_spec(model.train(training), spec_resnet19_logits,
+                                   deterministic_images(4, 3, 8, seed=1), leak, training,
+                                   grad_rtol=1e-9)
+    assert len(new_stats) == (2 * 2 * 20 if training else 0)  # 20 BNTT layers, 2 steps
 
 
 def test_resnet19_layout_and_parameters():
