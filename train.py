@@ -47,10 +47,10 @@ from bntt.data.sampling import set_epoch
 from bntt.engines import ENGINES
 from bntt.names import check_name
 from bntt.norms import NORMS
-from bntt.paper import sgd
+from bntt.paper import lr_at_epoch, sgd
 from bntt.runlock import LOCK_NAME, RunFolderBusy, RunFolderUnsafe, RunLock, check_run_folder
 from bntt.models import ARCHS, build_for_dataset
-from utill import correct_topk, lr_at_epoch
+from utill import correct_topk
 
 # name: (type, default, help). Defaults up to test_display_freq are the authors'.
 OPTIONS = {

@@ -1,31 +1,11 @@
-"""Meters, top-k accuracy and the learning-rate schedule (the authors' utills.py, corrected)."""
+"""Meters, top-k accuracy and the learning-rate schedule (the authors' utills.py, corrected).
+The schedule is the paper's recipe and lives beside its optimiser in bntt/paper.py; it is
+re-exported here under the authors' module name."""
 from __future__ import annotations
 
 import torch
 
-from bntt.paper import LR_DECAY_FACTOR, LR_DECAY_PERCENTS
-
-
-def lr_milestones(num_epochs: int) -> list[int]:
-    """0-based epochs after which the learning rate drops, on integer epoch boundaries.
-
-    The authors compare `epoch == 0.7 * num_epochs` in floating point, which silently skips a
-    decay whenever the product is not an integer (e.g. 25 epochs). Integer arithmetic gives the
-    same milestones as theirs whenever theirs fire (50, 70, 90 for 100 epochs) and floors the
-    others (12, 17, 22 for 25 epochs).
-    """
-    return [num_epochs * p // 100 for p in LR_DECAY_PERCENTS]
-
-
-def lr_at_epoch(base_lr: float, epoch: int, num_epochs: int) -> float:
-    """Learning rate used while training 0-based `epoch`.
-
-    As in the authors' loop, the decay is applied after training epoch m, so epoch m itself
-    still runs at the previous rate: for 100 epochs, epochs 0-50 use base_lr, 51-70 base_lr/10,
-    71-90 base_lr/100 and 91-99 base_lr/1000.
-    """
-    drops = sum(epoch > m for m in lr_milestones(num_epochs))
-    return base_lr * LR_DECAY_FACTOR ** drops
+from bntt.paper import lr_at_epoch, lr_milestones  # noqa: F401 (re-exported)
 
 
 def correct_topk(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[int]:

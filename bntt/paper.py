@@ -36,6 +36,28 @@ def sgd(parameters, lr: float) -> torch.optim.SGD:
     return torch.optim.SGD(parameters, lr=lr, momentum=SGD_MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
+def lr_milestones(num_epochs: int) -> list[int]:
+    """0-based epochs after which the learning rate drops, on integer epoch boundaries.
+
+    The authors compare `epoch == 0.7 * num_epochs` in floating point, which silently skips a
+    decay whenever the product is not an integer (e.g. 25 epochs). Integer arithmetic gives the
+    same milestones as theirs whenever theirs fire (50, 70, 90 for 100 epochs) and floors the
+    others (12, 17, 22 for 25 epochs).
+    """
+    return [num_epochs * p // 100 for p in LR_DECAY_PERCENTS]
+
+
+def lr_at_epoch(base_lr: float, epoch: int, num_epochs: int) -> float:
+    """Learning rate used while training 0-based `epoch`.
+
+    As in the authors' loop, the decay is applied after training epoch m, so epoch m itself
+    still runs at the previous rate: for 100 epochs, epochs 0-50 use base_lr, 51-70 base_lr/10,
+    71-90 base_lr/100 and 91-99 base_lr/1000.
+    """
+    drops = sum(epoch > m for m in lr_milestones(num_epochs))
+    return base_lr * LR_DECAY_FACTOR ** drops
+
+
 @dataclass(frozen=True)
 class PaperRun:
     """One training command of the paper (the authors' README) and the top-1 it reports."""

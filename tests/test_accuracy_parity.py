@@ -3,8 +3,12 @@ resumes instead of retraining, and a bad --run says what it expects."""
 import json
 import statistics
 import subprocess
+
+import pytest
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.slow  # subprocesses or compilation: outside the inner loop
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "reproduce" / "accuracy_parity.py"

@@ -211,6 +211,7 @@ def trained_run(tmp_path_factory):
     return out / "r"
 
 
+@pytest.mark.slow
 def test_analyze_activity_end_to_end(trained_run, tmp_path, capsys):
     out = tmp_path / "act"
     # batch 32 as train.py's test loader (2 x 16): the same Poisson draws per image

@@ -196,6 +196,7 @@ NORM_CASES = [pytest.param(norm, engine, training, id=f"{norm}-{engine}-{'train'
 
 
 @pytest.mark.parametrize("norm,engine,training", NORM_CASES)
+@pytest.mark.slow
 def test_resnet19_with_every_norm_on_every_backend(norm, engine, training):
     baseline = "multistep" if norm == "tdbn" and training else "reference"
     torch.manual_seed(0)
@@ -217,6 +218,7 @@ def test_resnet19_with_every_norm_on_every_backend(norm, engine, training):
     assert_same_run(fast, reference, spikes, weights)
 
 
+@pytest.mark.slow
 def test_resnet19_trains_and_is_evaluated_and_analysed(tmp_path, capsys):
     import analyze
     import evaluate

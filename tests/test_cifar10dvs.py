@@ -499,6 +499,7 @@ def test_frame_dataset_augmentation_is_fixed_by_seed_epoch_and_sample():
     assert torch.equal(runs[0][:3], runs[0][3:])  # a sample's draws do not depend on the batch
 
 
+@pytest.mark.slow
 def test_registry_split_is_the_last_tenth_and_train_py_runs_one_epoch(tmp_path):
     """The dataset as train.py reads it (VGG9 on 2 x 48 x 48 frames, `--dataset cifar10dvs`):
     the last tenth of each class (here 1 of 3) is the test set."""

@@ -22,6 +22,8 @@ from helpers import small_model
 from test_cpu_engine import assert_same_under_autocast, image_spikes, pair
 from test_engines import assert_close_relative, assert_same_run
 
+pytestmark = pytest.mark.slow  # subprocesses or compilation: outside the inner loop
+
 STEPS, BATCH, CHANNELS, SIZE = 5, 4, 8, 6
 
 

@@ -154,6 +154,7 @@ sys.exit(run_cli(lambda argv: load_arrays("cifar10", sys.argv[1]) and 0, "prog")
 
 
 @pytest.mark.parametrize("offline", ["1", ""])
+@pytest.mark.slow
 def test_missing_cifar_needs_no_torchvision_to_say_so(tmp_path, offline):
     target = tmp_path / "absent"
     env = dict(os.environ, BNTT_OFFLINE=offline)

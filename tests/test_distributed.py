@@ -18,6 +18,8 @@ from bntt.data import ImageDataset
 from bntt.data.sampling import GlobalBatchSampler, set_epoch, shard_bounds
 from helpers import triton_interpreter_broken, needs_triton_interpreter
 
+pytestmark = pytest.mark.slow  # subprocesses or compilation: outside the inner loop
+
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 

@@ -87,6 +87,7 @@ def trained_run(tmp_path_factory):
     return out / "r"
 
 
+@pytest.mark.slow
 def test_evaluate_cli_end_to_end(trained_run, tmp_path, capsys):
     out = tmp_path / "ee"
     code = evaluate.cli(["--checkpoint", str(trained_run), "--batch_size", "64", "--test_samples", "80",

@@ -171,6 +171,7 @@ def test_refuses_too_many_steps_and_single_rows():
         fused.bntt_lif(torch.randn(2, 1, 4), BNTT(4, 2), LIFNeuron())
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_hopper():
     """The real compiler, down to SASS for sm_90 with the ptxas that ships with Triton."""
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "maintenance" / "compile_kernels.py"), "--steps", "4"],
@@ -185,6 +186,7 @@ def test_kernels_compile_for_hopper():
 
 
 @needs_triton_interpreter
+@pytest.mark.slow
 def test_check_script_covers_the_pooled_layers(tmp_path):
     """scripts/maintenance/check_fused.py, the check run on a GPU, in the interpreter: every
     VGG9 layer, the three with a pool after them pooled by the kernels, agrees in float64."""

@@ -67,6 +67,7 @@ def copy_run(run_dir: Path, to: Path) -> Path:
 
 # -- 1. one process per run folder ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_process_on_a_folder_in_use_stops_and_a_killed_holder_does_not_block(tmp_path, capsys):
     args = [*TINY, "--train_samples", "512", "--num_epochs", "30", "--out_dir", str(tmp_path),
             "--run_name", "busy"]

@@ -293,6 +293,7 @@ def ann_alone(ann_checkpoint):
     return ann_checkpoint.parent / "robustness"  # the default: the checkpoint's folder
 
 
+@pytest.mark.slow
 def test_robustness_snn_end_to_end(snn_alone):
     report = check_report(snn_alone, ["snn"])
     assert report["networks"]["snn"]["num_steps"] == 2 and report["networks"]["snn"]["arch"] == "vgg9"
@@ -305,6 +306,7 @@ def test_robustness_ann_end_to_end(ann_alone):
     assert report["networks"]["ann"]["arch"] == "vgg9_ann"
 
 
+@pytest.mark.slow
 def test_robustness_side_by_side(snn_run, ann_checkpoint, snn_alone, ann_alone, tmp_path, capsys):
     out = tmp_path / "both"
     code = analyze.cli(["robustness", "--snn", str(snn_run), "--ann", str(ann_checkpoint),

@@ -127,6 +127,7 @@ def test_compiled_cpu_block(layer, pre_activations, compiled):  # noqa: F811
 @pytest.mark.skipif(fused.triton is None, reason="Triton is not installed")
 @needs_triton_interpreter
 @pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.slow
 def test_fused_kernels(layer, pre_activations):
     assert_as_accurate_as_reference("fused", pre_activations[layer])
 

@@ -456,6 +456,7 @@ def test_wnids_of_fewer_classes_than_the_set_is_refused(data_dir, tmp_path, caps
     assert not out.exists() and not (root_of(data_dir) / "bntt-cache").exists()
 
 
+@pytest.mark.slow
 def test_train_one_tiny_epoch_on_the_fixture(tmp_path):
     """train.py end to end: VGG11 at 64x64 with the 200 outputs of the set, on the fixture with
     the set's 200 classes (the first 12 training images: the fixture's first three classes)."""

@@ -29,6 +29,7 @@ def metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss_and_writes_checkpoints(tmp_path):
     result = run_train([*TINY, "--num_epochs", "3", "--out_dir", str(tmp_path), "--run_name", "r"])
     assert result.returncode == 0, result.stderr
@@ -61,6 +62,7 @@ def test_short_training_lowers_the_loss_and_writes_checkpoints(tmp_path):
     assert not list(run_dir.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_amp_trains_in_bf16_on_a_cpu(tmp_path):
     """--amp autocasts on a CPU too: the losses move off the float32 run's by bf16 rounding
     (so the convolutions did run in bf16), stay near them, and the weights stay float32."""
@@ -81,6 +83,7 @@ def test_amp_trains_in_bf16_on_a_cpu(tmp_path):
     assert state["conv1.weight"].dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
     args = [*TINY, "--num_epochs", "3", "--out_dir", str(tmp_path)]
     assert run_train([*args, "--run_name", "full"]).returncode == 0
@@ -161,6 +164,7 @@ def test_unknown_config_key(tmp_path, capsys):
     assert code == 2 and f"unknown key 'num_step' in {bad}" in err
 
 
+@pytest.mark.slow
 def test_missing_data_offline_exits_2_and_writes_nothing(tmp_path):
     out = tmp_path / "runs"
     result = run_train(["--dataset", "cifar10", "--arch", "vgg9", "--data_dir", str(tmp_path / "data"),
@@ -181,6 +185,7 @@ def test_engine_this_machine_cannot_run_exits_2_and_writes_nothing(tmp_path, cap
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_arch_or_T_and_mismatched_checkpoints(tmp_path, capsys):
     result = run_train([*TINY, "--num_epochs", "1", "--out_dir", str(tmp_path), "--run_name", "r"])
     assert result.returncode == 0, result.stderr
