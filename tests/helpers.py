@@ -8,6 +8,28 @@ import torch
 from model import build_model
 
 
+# A train.py run small enough for a test: VGG9 at T=2 on a few bundled Fashion-MNIST images.
+TINY_RUN = {"dataset": "fashionmnist_subset", "arch": "vgg9", "num_steps": 2, "batch_size": 32,
+            "lr": 0.1, "leak_mem": 0.95, "num_workers": 0, "train_samples": 64,
+            "test_samples": 40, "device": "cpu"}
+
+
+def tiny_args(**changes) -> list:
+    """TINY_RUN with `changes` (None leaves an option to train.py's default) as command-line
+    arguments."""
+    options = {**TINY_RUN, **changes}
+    return [arg for key, value in options.items() if value is not None
+            for arg in (f"--{key}", str(value))]
+
+
+def cli_error(capsys, main, argv):
+    """Exit code and stderr of `main(argv)`, without the progress bars of epochs that ran."""
+    code = main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.strip() and "%|" not in line and line.strip() != "\x1b[A"]
+    return code, "\n".join(lines)
+
+
 def triton_interpreter_broken() -> bool:
     """Triton's interpreter before 3.7 turns loop bounds into Python ints with int(array), which
     NumPy 2.4 made an error (seen with torch 2.11, Triton 3.6, NumPy 2.4.6). The compiled kernels

@@ -3,17 +3,19 @@ resumes instead of retraining, and a bad --run says what it expects."""
 import json
 import statistics
 import subprocess
-
-import pytest
 import sys
 from pathlib import Path
+
+import pytest
+
+from helpers import tiny_args
 
 pytestmark = pytest.mark.slow  # subprocesses or compilation: outside the inner loop
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "reproduce" / "accuracy_parity.py"
-TINY = ["--dataset", "fashionmnist_subset", "--arch", "vgg9", "--num_steps", "1", "--batch_size", "16",
-        "--num_workers", "0", "--train_samples", "40", "--test_samples", "30", "--device", "cpu"]
+TINY = tiny_args(num_steps=1, batch_size=16, lr=None, leak_mem=None, train_samples=40,
+                 test_samples=30)
 
 
 def run(args):

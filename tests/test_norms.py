@@ -11,7 +11,7 @@ import evaluate
 import train
 from bntt.models import build_model
 from bntt.norms import NORMS, NoNorm, SharedBN, TDBN
-from helpers import needs_triton_interpreter
+from helpers import needs_triton_interpreter, tiny_args
 from test_engines import assert_close_relative
 
 EPS, MOMENTUM = 1e-4, 0.1
@@ -164,9 +164,7 @@ def test_tdbn_trains_on_the_multistep_engine_as_its_equations_say():
     assert model.bntt1.weight.grad.abs().max() > 0 and int(model.bntt1.num_batches_tracked) == 1
 
 
-TINY = ["--dataset", "fashionmnist_subset", "--arch", "vgg9", "--num_steps", "2", "--batch_size", "16",
-        "--lr", "0.1", "--num_workers", "0", "--train_samples", "32", "--test_samples", "20",
-        "--num_epochs", "1", "--device", "cpu"]
+TINY = tiny_args(train_samples=128, test_samples=70, test_display_freq=1, device=None)
 
 
 def test_a_run_records_its_norm_and_the_evaluator_keeps_the_gamma_rule_to_bntt(tmp_path, capsys):

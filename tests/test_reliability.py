@@ -18,19 +18,10 @@ import train
 from bntt.checkpoint import load_checkpoint, write_atomic
 from bntt.cli import UsageError, memory_for
 from bntt.runlock import RunFolderUnsafe, RunLock
+from helpers import cli_error, tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "fashionmnist_subset", "--arch", "vgg9", "--num_steps", "2", "--batch_size", "32",
-        "--lr", "0.1", "--leak_mem", "0.95", "--num_workers", "0", "--train_samples", "64",
-        "--test_samples", "40", "--device", "cpu"]
-
-
-def cli_error(capsys, main, argv):
-    """Exit code and stderr without the progress bars of the epochs that ran."""
-    code = main(argv)
-    lines = [line for line in capsys.readouterr().err.splitlines()
-             if line.strip() and "%|" not in line and line.strip() != "\x1b[A"]
-    return code, "\n".join(lines)
+TINY = tiny_args()
 
 
 @pytest.fixture(scope="module")

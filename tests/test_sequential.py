@@ -15,12 +15,11 @@ from bntt.checkpoint import describe_state
 from bntt.coding import SequenceEncoder
 from bntt.data import DATASETS, load_arrays, write_idx
 from bntt.models import SpikingFC, build_for_dataset
-from helpers import needs_triton_interpreter, randomize_bntt
+from helpers import needs_triton_interpreter, randomize_bntt, tiny_args
 from test_engines import assert_close_relative
 
-TINY = ["--dataset", "seqfashionmnist_subset", "--arch", "fc", "--num_steps", "28", "--batch_size", "32",
-        "--lr", "0.1", "--leak_mem", "0.95", "--num_workers", "0", "--train_samples", "96",
-        "--test_samples", "50", "--device", "cpu", "--fc_hidden", "32,16"]
+TINY = tiny_args(dataset="seqfashionmnist_subset", arch="fc", num_steps=28, train_samples=96,
+                 test_samples=50, fc_hidden="32,16")
 
 
 def test_rows_and_pixels_are_the_image_in_reading_order():

@@ -12,11 +12,10 @@ import pytest
 import torch
 
 import train
+from helpers import cli_error, tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "fashionmnist_subset", "--arch", "vgg9", "--num_steps", "2", "--batch_size", "32",
-        "--lr", "0.1", "--leak_mem", "0.95", "--num_workers", "0", "--train_samples", "128",
-        "--test_samples", "70", "--test_display_freq", "1"]
+TINY = tiny_args(train_samples=128, test_samples=70, test_display_freq=1, device=None)
 
 
 def run_train(args, **kwargs):
@@ -137,12 +136,6 @@ def test_shipped_configs(name, expected):
     assert {k: cfg[k] for k in expected} == expected
 
 
-def cli_error(capsys, argv):
-    code = train.cli(argv)
-    err = capsys.readouterr().err.strip()
-    return code, err
-
-
 @pytest.mark.parametrize("argv,message", [
     (["--arch", "resnet18"], "unknown arch 'resnet18'; choose from vgg9, vgg11"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
@@ -152,7 +145,7 @@ def cli_error(capsys, argv):
     (["--resume", "no/such/run"], "checkpoint no/such/run does not exist"),
 ])
 def test_bad_input_is_one_clear_line(capsys, argv, message):
-    code, err = cli_error(capsys, argv)
+    code, err = cli_error(capsys, train.cli, argv)
     assert code == 2
     assert message in err and len(err.splitlines()) == 1
 
@@ -160,7 +153,7 @@ def test_bad_input_is_one_clear_line(capsys, argv, message):
 def test_unknown_config_key(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("num_step = 3\n")
-    code, err = cli_error(capsys, ["--config", str(bad)])
+    code, err = cli_error(capsys, train.cli, ["--config", str(bad)])
     assert code == 2 and f"unknown key 'num_step' in {bad}" in err
 
 
@@ -179,7 +172,7 @@ def test_missing_data_offline_exits_2_and_writes_nothing(tmp_path):
 def test_engine_this_machine_cannot_run_exits_2_and_writes_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     out = tmp_path / "runs"
-    code, err = cli_error(capsys, [*TINY, "--device", "cpu", "--engine", "fused", "--out_dir", str(out)])
+    code, err = cli_error(capsys, train.cli, [*TINY, "--device", "cpu", "--engine", "fused", "--out_dir", str(out)])
     assert code == 2 and len(err.splitlines()) == 1
     assert "--engine fused: the fused engine needs a CUDA device" in err
     assert not out.exists()
@@ -190,11 +183,11 @@ def test_resume_refuses_another_arch_or_T_and_mismatched_checkpoints(tmp_path, c
     result = run_train([*TINY, "--num_epochs", "1", "--out_dir", str(tmp_path), "--run_name", "r"])
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "r"
-    code, err = cli_error(capsys, ["--resume", str(run_dir), "--num_steps", "4"])
+    code, err = cli_error(capsys, train.cli, ["--resume", str(run_dir), "--num_steps", "4"])
     assert code == 2 and "cannot change num_steps when resuming" in err and "num_steps=2" in err
-    code, err = cli_error(capsys, ["--resume", str(run_dir), "--arch", "vgg11"])
+    code, err = cli_error(capsys, train.cli, ["--resume", str(run_dir), "--arch", "vgg11"])
     assert code == 2 and "cannot change arch when resuming" in err
-    code, err = cli_error(capsys, [*TINY, "--out_dir", str(tmp_path), "--run_name", "r"])
+    code, err = cli_error(capsys, train.cli, [*TINY, "--out_dir", str(tmp_path), "--run_name", "r"])
     assert code == 2 and "already holds a run" in err and "--resume" in err
 
     from bntt.checkpoint import CheckpointError, load_model_state
@@ -207,5 +200,5 @@ def test_resume_refuses_another_arch_or_T_and_mismatched_checkpoints(tmp_path, c
             load_model_state(model, state, arch)
     not_a_ckpt = tmp_path / "junk.pt"
     not_a_ckpt.write_bytes(b"definitely not a zip file")
-    code, err = cli_error(capsys, ["--resume", str(not_a_ckpt)])
+    code, err = cli_error(capsys, train.cli, ["--resume", str(not_a_ckpt)])
     assert code == 2 and "is not a readable checkpoint" in err
