@@ -200,15 +200,9 @@ def test_sequence_network_counts_direct_input_as_macs():
     assert [r["layer"] for r in report["rates"]["layers"]] == ["input", "bntt1", "bntt2"]
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    code = train.cli(["--dataset", "fashionmnist_subset", "--arch", "vgg9", "--num_steps", "2",
-                      "--batch_size", "16", "--lr", "0.1", "--num_workers", "0", "--train_samples", "32",
-                      "--test_samples", "20", "--num_epochs", "1", "--device", "cpu",
-                      "--out_dir", str(out), "--run_name", "r"])
-    assert code == 0
-    return out / "r"
+@pytest.fixture
+def trained_run(tiny_trained_run):
+    return tiny_trained_run
 
 
 @pytest.mark.slow

@@ -230,14 +230,8 @@ def test_bad_attack_arguments():
 # -- analyze.py robustness -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def snn_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    code = train.cli(["--dataset", "fashionmnist_subset", "--arch", "vgg9", "--num_steps", "2",
-                      "--batch_size", "16", "--lr", "0.1", "--num_workers", "0",
-                      "--train_samples", "32", "--test_samples", "20", "--num_epochs", "1",
-                      "--device", "cpu", "--out_dir", str(out), "--run_name", "s"])
-    assert code == 0
-    return out / "s"
+def snn_run(tiny_trained_run):
+    return tiny_trained_run
 
 
 @pytest.fixture(scope="module")
