@@ -129,15 +129,19 @@ class SpikingBlock(nn.Module):
         state.membranes[self] = u
         return out
 
-    def fire(self, z: torch.Tensor, u: torch.Tensor | None = None, first_step: int = 0,
+    def current(self, a: torch.Tensor, first_step: int = 0,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The neuron's input for a stack of synaptic currents a [n, B, ...] of steps
+        first_step..: the norm over all of them in one call, plus the residual current."""
+        z = self.norm(a, first_step=first_step) if self.norm is not None else a
+        return z if residual is None else z + residual
+
+    def fire(self, a: torch.Tensor, u: torch.Tensor | None = None, first_step: int = 0,
              residual: torch.Tensor | None = None):
-        """The rest of the block after the synapse, for a stack of synaptic currents z [n, B,
-        ...] of steps first_step..: the norm over all of them in one call, the residual current,
-        the neuron step by step. Returns (spikes before the pool, or z without a neuron; u_n)."""
-        if self.norm is not None:
-            z = self.norm(z, first_step=first_step)
-        if residual is not None:
-            z = z + residual
+        """The rest of the block after the synapse, for a stack of synaptic currents a: `current`,
+        then the neuron step by step. Returns (spikes before the pool, or the current without a
+        neuron; u_n)."""
+        z = self.current(a, first_step, residual)
         if self.neuron is None:
             return z, None
         return self.neuron.run(z, u)

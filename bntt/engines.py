@@ -119,21 +119,18 @@ class Cpu(Backend):
                 s, u = compiled.bntt_lif_block(a, norm, neuron, first_step, batch, u0, out_dtype)
                 return block.pool_stack(s.unflatten(0, (steps, batch))), u
             if norm is None:
-                z = a.unflatten(0, (steps, batch))
+                a = a.unflatten(0, (steps, batch))
             else:
                 dtype = torch.promote_types(a.dtype, synapse.weight.dtype)
-                z = norm(_norm_stack(a, batch, dtype, norm.training), first_step=first_step)
+                a = _norm_stack(a, batch, dtype, norm.training)
             memory_format = torch.channels_last
         else:
             # batch-major rows [B * n, F]: BNTT's stack of steps [B, n * F] is then a view, and
             # the spikes of a linear block are the next one's rows without a copy
             rows = block.synapse_input(x.transpose(0, 1), leading=2).flatten(0, 1)
-            z = synapse(rows).unflatten(0, (batch, steps)).transpose(0, 1)
-            if norm is not None:
-                z = norm(z, first_step=first_step)
+            a = synapse(rows).unflatten(0, (batch, steps)).transpose(0, 1)
             memory_format = None
-        if residual is not None:
-            z = z + residual
+        z = block.current(a, first_step, residual)
         if neuron is None:
             return z, None
         s, u = lif_scan(z, neuron.leak, neuron.threshold, u0, out_dtype, memory_format)

@@ -16,7 +16,8 @@ fast on a GPU.
    (pooled: the window counts), and the next convolution keeps them instead of casting.
 
 A block the kernels do not cover (another norm, no neuron, a residual current, a stack that
-does not start at rest) runs as in multistep, its pool over the channels-last view. It computes
+does not start at rest) runs its norm as in multistep and its neuron as one autograd node
+(`bntt.neuron.lif_scan`), its spikes and pool channels-last. It computes
 the function of the multistep backend (tests/test_engines.py); the design and its byte counts
 are in docs/fast-engine.md.
 """
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from bntt.blocks import Backend, mark_spikes, spike_codes
 from bntt.bntt import BNTT
 from bntt.fused.kernels import bntt_lif, fusable_pool
+from bntt.neuron import lif_scan
 
 
 class Fused(Backend):
@@ -57,12 +59,17 @@ class Fused(Backend):
         z = z.unflatten(0, (steps, batch))
         if not (isinstance(norm, BNTT) and neuron is not None and residual is None
                 and u0 is None and first_step == 0):
-            s, u = block.fire(z, u0, first_step, residual)
+            # the neuron as one autograd node, its spike maps written channels-last, as the
+            # next convolution and the pool read them
+            z = block.current(z, first_step, residual)
             if neuron is None:
-                return s, None
+                return z, None
+            maps = torch.channels_last if z.dim() == 5 else None
+            s, u = lif_scan(z, neuron.leak, neuron.threshold, u0, memory_format=maps)
+            s = s.flatten(0, 1) if maps is None else s
             if pool is not None:
-                s = pool_channels_last(s.flatten(0, 1), pool).unflatten(0, (steps, batch))
-            return mark_spikes(s, spike_scale(pool)), u
+                s = pool_channels_last(s, pool)
+            return mark_spikes(s.unflatten(0, (steps, batch)), spike_scale(pool)), u
         k = pool_size(pool)
         fuse_pool = k is not None and fusable_pool(k, z.shape[3:])
         # The codes are written for maps while a convolution has read the last ones this block
