@@ -239,48 +239,29 @@ def model_state(ckpt: dict) -> dict:
     return state
 
 
-def describe_state(state: dict) -> dict:
-    """What network a state_dict is for: arch, num_steps, num_cls, in_channels (and the hidden
-    sizes of an fc network). num_steps is None when the layers are not BNTT (the ablation's
-    --norm): nothing in the weights is per step then, and the run's config says it."""
-    steps = {int(m.group(1)) for k in state
-             if (m := re.fullmatch(r"(?:bntt1|conv1\.norm)\.(\d+)\.weight", k))}
-    num_steps = max(steps) + 1 if steps else None
-    if "layer1.0.conv1.synapse.weight" in state and "fc2.synapse.weight" in state:
-        return {"arch": "resnet19", "num_steps": num_steps,
-                "num_cls": state["fc2.synapse.weight"].shape[0],
-                "in_channels": state["conv1.synapse.weight"].shape[1]}
-    if "fc_out.weight" in state and "fc1.weight" in state:
-        hidden = []
-        while f"fc{len(hidden) + 1}.weight" in state:
-            hidden.append(state[f"fc{len(hidden) + 1}.weight"].shape[0])
-        return {"arch": "fc", "num_steps": num_steps, "num_cls": state["fc_out.weight"].shape[0],
-                "in_channels": state["fc1.weight"].shape[1], "hidden": tuple(hidden)}
+def authors_network(state: dict) -> dict:
+    """What network a state_dict of the authors' train.py is for, read from its keys (their
+    checkpoints record no configuration): arch ("vgg9" or "vgg11"), num_steps, num_cls and
+    in_channels. The VGGs here keep their layout, so this reads ours too."""
     if "conv1.weight" not in state or "fc2.weight" not in state:
-        raise CheckpointError("state_dict is not a spiking network of this repository (no "
-                              "conv1/fc2, fc1/fc_out or layer1/fc2)")
+        raise CheckpointError("state_dict is not one of the authors' VGGs (no conv1/fc2) and "
+                              "its checkpoint records no configuration")
+    steps = {int(m.group(1)) for k in state if (m := re.fullmatch(r"bntt1\.(\d+)\.weight", k))}
     return {
         "arch": "vgg11" if "conv8.weight" in state else "vgg9",
-        "num_steps": num_steps,
+        "num_steps": max(steps) + 1 if steps else None,
         "num_cls": state["fc2.weight"].shape[0],
         "in_channels": state["conv1.weight"].shape[1],
     }
 
 
-def load_model_state(model, state: dict, arch: str, source="checkpoint") -> None:
-    """Strictly load `state` into `model`, first comparing the networks they describe so that a
-    mismatch reads as one sentence instead of hundreds of missing keys."""
-    have = describe_state(state)
-    want = {"arch": arch, "num_steps": model.num_steps, "num_cls": model.num_cls,
-            "in_channels": model.in_channels}
-    diffs = [f"{k}={have[k]} (this model: {want[k]})" for k in want
-             if have[k] is not None and have[k] != want[k]]
-    if diffs:
-        raise CheckpointError(f"{source} is for a different network: {', '.join(diffs)}")
+def load_weights(model, state: dict, source="checkpoint", network: str = "the model") -> None:
+    """Strictly load `state` into `model` (`network` names it); a state that does not fit is
+    one CheckpointError."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{source} does not fit the model: "
+        raise CheckpointError(f"{source} does not fit {network}: "
                               f"{' '.join(str(exc).split())[:300]}") from None
 
 

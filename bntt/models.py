@@ -15,14 +15,14 @@ import torch
 import torch.nn as nn
 
 from bntt import engines
-from bntt.ann import ANN_ARCHS, ANN_MODELS
 from bntt.blocks import SpikingBlock, TimeState, mark_spikes
 from bntt.bntt import BNTT
-from bntt.coding import FrameEncoder, PoissonEncoder, SequenceEncoder
+from bntt.coding import PoissonEncoder, SequenceEncoder
 from bntt.names import check_name
 from bntt.neuron import LIFNeuron, membrane_dtype
 from bntt.norms import NORMS, make_norm
-from bntt.paper import GLOBAL_POOL, INIT_GAIN, POOL, THRESHOLD, VGG9_PLAN, VGG11_PLAN
+from bntt.paper import (GLOBAL_POOL, INIT_GAIN, LEAK_MEM, POOL, THRESHOLD, VGG9_PLAN,
+                        VGG11_PLAN)
 
 
 class SpikingNetwork(nn.Module):
@@ -188,7 +188,7 @@ class SpikingVGG(_Chain):
         logits = net(images)                 # normalised images [B, 3, 32, 32] -> [B, 10]
     """
 
-    def __init__(self, plan, hidden: int, num_steps: int, leak_mem: float = 0.95,
+    def __init__(self, plan, hidden: int, num_steps: int, leak_mem: float = LEAK_MEM,
                  img_size: int = 32, num_cls: int = 10, in_channels: int = 3,
                  engine: str = "auto", encoder=None, norm: str = "bntt"):
         super().__init__(num_steps, leak_mem, num_cls, in_channels, engine, encoder, norm)
@@ -228,14 +228,14 @@ class SpikingVGG(_Chain):
 
 
 class SNN_VGG9_BNTT(SpikingVGG):
-    def __init__(self, num_steps, leak_mem=0.95, img_size=32, num_cls=10, in_channels=3,
+    def __init__(self, num_steps, leak_mem=LEAK_MEM, img_size=32, num_cls=10, in_channels=3,
                  engine="auto", encoder=None, norm="bntt"):
         super().__init__(VGG9_PLAN, 1024, num_steps, leak_mem, img_size, num_cls, in_channels,
                          engine, encoder, norm)
 
 
 class SNN_VGG11_BNTT(SpikingVGG):
-    def __init__(self, num_steps, leak_mem=0.95, img_size=32, num_cls=10, in_channels=3,
+    def __init__(self, num_steps, leak_mem=LEAK_MEM, img_size=32, num_cls=10, in_channels=3,
                  engine="auto", encoder=None, norm="bntt"):
         super().__init__(VGG11_PLAN, 4096, num_steps, leak_mem, img_size, num_cls, in_channels,
                          engine, encoder, norm)
@@ -252,7 +252,7 @@ class SpikingFC(_Chain):
         logits = net(images)                 # images [B, 1, 28, 28], one row per step -> [B, 10]
     """
 
-    def __init__(self, num_steps: int, leak_mem: float = 0.95, in_features: int = 28,
+    def __init__(self, num_steps: int, leak_mem: float = LEAK_MEM, in_features: int = 28,
                  hidden=(256, 256), num_cls: int = 10, engine: str = "auto", encoder=None,
                  norm: str = "bntt"):
         super().__init__(num_steps, leak_mem, num_cls, in_features,
@@ -319,7 +319,7 @@ class SpikingResNet19(SpikingNetwork):
         logits = net(images)                 # normalised images [B, 3, 32, 32] -> [B, 10]
     """
 
-    def __init__(self, num_steps: int, leak_mem: float = 0.95, img_size: int = 32,
+    def __init__(self, num_steps: int, leak_mem: float = LEAK_MEM, img_size: int = 32,
                  num_cls: int = 10, in_channels: int = 3, engine: str = "auto", encoder=None,
                  norm: str = "bntt"):
         super().__init__(num_steps, leak_mem, num_cls, in_channels, engine, encoder, norm)
@@ -364,36 +364,3 @@ def build_model(arch: str, **kwargs) -> SpikingNetwork:
     """The network `arch` ("vgg9", "vgg11", "resnet19" or "fc"), with the constructor arguments of its
     class."""
     return MODELS[check_name("arch", arch, ARCHS)](**kwargs)
-
-
-def build_for_dataset(arch: str, dataset: str, num_steps: int, leak_mem: float,
-                      engine: str = "auto", seq_order: str = "rows", seq_coding: str = "direct",
-                      fc_hidden=(256, 256), norm: str = "bntt") -> SpikingNetwork:
-    """The network `arch` shaped for `dataset` (classes, input channels and size) with the
-    encoder its samples need; `vgg9_ann` and `vgg11_ann` are the non-spiking twins
-    (bntt/ann.py). ValueError, saying why, for a pair that does not fit."""
-    from bntt.data import dataset_info  # imported here: the data registry is not needed otherwise
-
-    check_name("arch", arch, ARCHS + ANN_ARCHS)
-    info = dataset_info(dataset)
-    if arch in ANN_ARCHS:  # the non-spiking twin, for the energy and robustness comparisons
-        if info.kind != "image":
-            raise ValueError(f"{arch} takes images, and {dataset} serves {info.kind}")
-        return ANN_MODELS[arch](num_cls=info.num_cls, in_channels=info.in_channels,
-                                img_size=info.img_size)
-    if info.kind == "sequence":
-        if arch != "fc":
-            raise ValueError(f"{dataset} is a sequence dataset: use --arch fc, not {arch}")
-        encoder = SequenceEncoder(seq_order, seq_coding)
-        length = encoder.steps(info.img_size, info.img_size)
-        if num_steps != length:
-            raise ValueError(f"{dataset} read by {seq_order} is a sequence of {length} steps: "
-                             f"set num_steps = {length}, not {num_steps}")
-        return SpikingFC(num_steps, leak_mem, encoder.features(info.img_size), fc_hidden,
-                         info.num_cls, engine, encoder, norm)
-    if arch == "fc":
-        raise ValueError(f"arch fc is the network for the sequence datasets, not {dataset}")
-    encoder = FrameEncoder() if info.kind == "frames" else PoissonEncoder()
-    return build_model(arch, num_steps=num_steps, leak_mem=leak_mem, img_size=info.img_size,
-                       num_cls=info.num_cls, in_channels=info.in_channels, engine=engine,
-                       encoder=encoder, norm=norm)

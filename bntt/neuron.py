@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bntt.paper import SURROGATE_SCALE, THRESHOLD
+from bntt.paper import LEAK_MEM, SURROGATE_SCALE, THRESHOLD
 
 
 def surrogate_grad(v: torch.Tensor, threshold: float = THRESHOLD,
@@ -206,7 +206,7 @@ class LIFNeuron(nn.Module):
         spikes = neuron(z)                   # z [T, B, C, H, W] -> spikes [T, B, C, H, W]
     """
 
-    def __init__(self, leak: float = 0.95, threshold: float = THRESHOLD):
+    def __init__(self, leak: float = LEAK_MEM, threshold: float = THRESHOLD):
         super().__init__()
         if not 0.0 < leak <= 1.0:
             raise ValueError(f"leak must be in (0, 1], got {leak}")

@@ -1,9 +1,13 @@
 """A trained network and the test set it is scored on, from a checkpoint: what evaluate.py and
 analyze.py share.
 
-Checkpoints of train.py record their configuration; those of the authors' train.py hold only
-the weights, so their leak and dataset must be given (the classes and input channels are read
-from the weights and must fit the dataset).
+Checkpoints of train.py record their configuration (bntt/config.py), which builds the network
+(bntt/networks.py). Those of the authors' train.py hold only the weights of a VGG, so their
+leak and dataset must be given; the classes and input channels are read from the weights and
+must fit the dataset.
+
+    trained = load_trained("runs/quickstart")          # a run folder: its last.pt
+    trained.model, trained.dataset, trained.config.num_steps
 """
 from __future__ import annotations
 
@@ -12,100 +16,110 @@ from pathlib import Path
 
 import torch
 
-from bntt.ann import ANN_ARCHS, ANN_MODELS
-from bntt.checkpoint import (CheckpointError, checkpoint_file, describe_state, load_checkpoint,
-                             load_model_state, model_state)
+from bntt.checkpoint import (CheckpointError, authors_network, checkpoint_file, load_checkpoint,
+                             load_weights, model_state)
+from bntt.cli import UsageError
+from bntt.config import Config, saved_config
 from bntt.data import DATASETS, dataset_info, make_datasets, make_test_loader
-from bntt.models import build_for_dataset
+from bntt.networks import ANN_ARCHS, SPIKING_ARCHS, build_network
 
 
 @dataclass
 class Trained:
     model: torch.nn.Module
-    dataset: str
-    config: dict  # the run's configuration ({} for the authors' checkpoints)
+    config: Config  # the run's, or, for the authors' checkpoints, what their weights say
     source: Path  # the checkpoint file
-    arch: str
+
+    @property
+    def dataset(self) -> str:
+        return self.config.dataset
+
+    @property
+    def arch(self) -> str:
+        return self.config.arch
+
+    @property
+    def spiking(self) -> bool:
+        return self.config.spiking
 
 
-def load_trained_ann(path, dataset: str | None = None):
-    """The ANN in checkpoint `path` (a file, or a run folder: its last.pt) as a
-    bntt.trained.Trained, on the CPU, in eval mode. The checkpoint's config must name its arch
-    ("vgg9_ann" or "vgg11_ann") and, unless `dataset` is given, its dataset; the network is
-    shaped for the dataset and the weights are loaded strictly. CheckpointError, in one line,
-    for anything else."""
-    source = checkpoint_file(path)
-    ckpt = load_checkpoint(source)
-    state = model_state(ckpt)
-    cfg = ckpt.get("config", {}) if isinstance(ckpt.get("config"), dict) else {}
-    arch = cfg.get("arch")
-    if arch not in ANN_MODELS:
-        raise CheckpointError(f"{source} is not an ANN checkpoint: its config names arch {arch!r}, "
-                              f"not one of {', '.join(ANN_ARCHS)}")
-    dataset = dataset or cfg.get("dataset")
-    if dataset is None:
-        raise CheckpointError(f"{source} does not record its dataset; pass --dataset")
-    if dataset not in DATASETS:
-        raise CheckpointError(f"{source} names dataset {dataset!r}, not one of {', '.join(DATASETS)}")
-    info = DATASETS[dataset]
-    if info.kind != "image":
-        raise CheckpointError(f"{source}: the ANNs take images, and {dataset} serves {info.kind}")
-    model = ANN_MODELS[arch](num_cls=info.num_cls, in_channels=info.in_channels,
-                             img_size=info.img_size)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{source} does not fit {arch} on {dataset}: "
-                              f"{' '.join(str(exc).split())[:300]}") from None
-    return Trained(model.eval(), dataset, cfg, source, arch)
-
-
-def _infer_dataset(desc: dict) -> str:
-    if desc["in_channels"] == 1:
+def _infer_dataset(net: dict) -> str:
+    if net["in_channels"] == 1:
         return "fashionmnist"
-    return "cifar100" if desc["num_cls"] == 100 else "cifar10"
+    return "cifar100" if net["num_cls"] == 100 else "cifar10"
 
 
-def load_trained(path, dataset: str | None = None, leak_mem: float | None = None) -> Trained:
+def checkpoint_config(ckpt: dict, source, dataset: str | None = None,
+                      leak_mem: float | None = None) -> Config:
+    """The configuration of the network in `ckpt`: the one it records, or, for the authors'
+    checkpoints, the one their weights describe. `dataset` and `leak_mem` replace the
+    recorded ones; a dataset of other classes or input channels is refused."""
+    saved = saved_config(ckpt, source)
+    if saved is None:  # the authors' train.py: only weights
+        net = authors_network(model_state(ckpt))
+        if leak_mem is None:
+            raise CheckpointError(f"{source} does not record leak_mem (a checkpoint of the authors' "
+                                  "train.py?); pass --leak_mem, e.g. 0.95 for their VGG9/CIFAR-10 "
+                                  "command")
+        if net["num_steps"] is None:
+            raise CheckpointError(f"{source} records neither per-step BNTT weights nor num_steps")
+        saved = {"arch": net["arch"], "num_steps": net["num_steps"],
+                 "dataset": dataset or _infer_dataset(net)}
+        shape = net["num_cls"], net["in_channels"]
+    else:
+        if "dataset" not in saved and dataset is None:
+            raise CheckpointError(f"{source} does not record its dataset; pass --dataset")
+        if "dataset" in saved and saved["dataset"] not in DATASETS:
+            raise CheckpointError(f"{source} names dataset {saved['dataset']!r}, not one of "
+                                  f"{', '.join(DATASETS)}")
+        recorded = dataset_info(saved.get("dataset") or dataset)
+        shape = recorded.num_cls, recorded.in_channels
+    if dataset is not None:
+        info = dataset_info(dataset)
+        if saved.get("arch") != "fc" and shape != (info.num_cls, info.in_channels):
+            raise CheckpointError(f"{source} has {shape[0]} classes and {shape[1]} input channels; "
+                                  f"{dataset} has {info.num_cls} and {info.in_channels}")
+        saved["dataset"] = dataset
+    if leak_mem is not None:
+        saved["leak_mem"] = leak_mem
+    try:
+        return Config(**saved)
+    except UsageError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+
+
+def load_trained(path, dataset: str | None = None, leak_mem: float | None = None,
+                 spiking: bool | None = None) -> Trained:
     """The network in checkpoint `path` (a file, or a run folder: its last.pt), on the CPU, in
-    eval mode; an ANN twin's checkpoint gives the ANN. `dataset` and `leak_mem` override the checkpoint's (and are needed for the
-    authors' checkpoints)."""
+    eval mode; an ANN twin's checkpoint gives the ANN. `dataset` and `leak_mem` replace the
+    checkpoint's (and are needed for the authors' checkpoints). `spiking` True or False
+    refuses a checkpoint of the other kind of network."""
     source = checkpoint_file(path)
     ckpt = load_checkpoint(source)
-    if isinstance(ckpt.get("config"), dict) and ckpt["config"].get("arch") in ANN_ARCHS:
-        return load_trained_ann(source, dataset)
-    state = model_state(ckpt)
-    desc = describe_state(state)
-    cfg = ckpt.get("config", {}) if isinstance(ckpt.get("config"), dict) else {}
-    leak = leak_mem if leak_mem is not None else cfg.get("leak_mem")
-    if leak is None:
-        raise CheckpointError(f"{source} does not record leak_mem (a checkpoint of the authors' "
-                              "train.py?); pass --leak_mem, e.g. 0.95 for their VGG9/CIFAR-10 command")
-    dataset = dataset or cfg.get("dataset") or _infer_dataset(desc)
-    info = dataset_info(dataset)
-    if desc["arch"] != "fc" and (info.num_cls, info.in_channels) != (desc["num_cls"], desc["in_channels"]):
-        raise CheckpointError(f"{source} has {desc['num_cls']} classes and {desc['in_channels']} "
-                              f"input channels; {dataset} has {info.num_cls} and {info.in_channels}")
-    steps = desc["num_steps"] or cfg.get("num_steps")
-    if steps is None:
-        raise CheckpointError(f"{source} records neither per-step BNTT weights nor num_steps")
+    cfg = checkpoint_config(ckpt, source, dataset, leak_mem)
+    if spiking is not None and cfg.spiking != spiking:
+        raise CheckpointError(f"{source} is not {'a spiking' if spiking else 'an ANN'} checkpoint: "
+                              f"its config names arch {cfg.arch!r}, not one of "
+                              f"{', '.join(SPIKING_ARCHS if spiking else ANN_ARCHS)}")
     try:
-        model = build_for_dataset(desc["arch"], dataset, steps, leak,
-                                  seq_order=cfg.get("seq_order", "rows"),
-                                  seq_coding=cfg.get("seq_coding", "direct"),
-                                  fc_hidden=desc.get("hidden", ()), norm=cfg.get("norm", "bntt"))
+        model = build_network(cfg)
     except ValueError as err:
         raise CheckpointError(f"{source}: {err}") from None
-    load_model_state(model, state, desc["arch"], source=str(source))
-    return Trained(model.eval(), dataset, cfg, source, desc["arch"])
+    load_weights(model, model_state(ckpt), source, f"{cfg.arch} on {cfg.dataset}")
+    return Trained(model.eval(), cfg, source)
+
+
+def load_trained_ann(path, dataset: str | None = None) -> Trained:
+    """load_trained for a checkpoint that must hold one of the non-spiking twins."""
+    return load_trained(path, dataset, spiking=False)
 
 
 def test_loader(trained: Trained, data_dir=None, batch_size: int = 256, test_samples: int = 0,
                 num_workers: int = 0, pin_memory: bool = False):
     """The test set of the trained network's dataset (the first `test_samples` if given)."""
-    data_dir = data_dir or trained.config.get("data_dir", "./data")
-    _, test_set = make_datasets(trained.dataset, data_dir, download=False,
-                                num_steps=getattr(trained.model, "num_steps", None))
+    _, test_set = make_datasets(trained.dataset, data_dir or trained.config.data_dir,
+                                download=False, num_steps=getattr(trained.model, "num_steps", None))
     if test_samples:
         test_set = torch.utils.data.Subset(test_set, range(min(test_samples, len(test_set))))
     return make_test_loader(test_set, batch_size, num_workers, pin_memory=pin_memory)
+

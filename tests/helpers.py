@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from bntt.config import Config
+from bntt.networks import build_network
 from model import build_model
 
 
@@ -12,6 +14,14 @@ from model import build_model
 TINY_RUN = {"dataset": "fashionmnist_subset", "arch": "vgg9", "num_steps": 2, "batch_size": 32,
             "lr": 0.1, "leak_mem": 0.95, "num_workers": 0, "train_samples": 64,
             "test_samples": 40, "device": "cpu"}
+
+
+def network(arch, dataset, num_steps, leak_mem=0.95, fc_hidden=None, **options):
+    """The network train.py builds for these options (fc_hidden as a tuple of sizes)."""
+    if fc_hidden is not None:
+        options["fc_hidden"] = ",".join(map(str, fc_hidden))
+    return build_network(Config(arch=arch, dataset=dataset, num_steps=num_steps,
+                                leak_mem=leak_mem, **options))
 
 
 def tiny_args(**changes) -> list:

@@ -16,11 +16,11 @@ from bntt.analysis import activity, check_out_dir
 from bntt.checkpoint import save_atomic
 from bntt.cli import UsageError
 from bntt.coding import SequenceEncoder
-from bntt.models import build_for_dataset, build_model
+from bntt.models import build_model
 from bntt.trained import load_trained
 from bntt.trained import test_loader as scoring_loader  # not collected as a test
 from fixtures import write_fashion_mnist
-from helpers import small_model
+from helpers import network, small_model
 from utill import correct_topk
 
 
@@ -269,7 +269,7 @@ def tiny_run(folder, arch, norm="bntt"):
     train.py saves a run. Its synapses are scaled up and its normalisations given statistics as
     after training, so that every layer spikes and the norms differ."""
     torch.manual_seed(0)
-    model = build_for_dataset(arch, "fashionmnist_subset", 2, 0.95, norm=norm)
+    model = network(arch, "fashionmnist_subset", 2, norm=norm)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in model.modules():
@@ -388,7 +388,7 @@ def test_analyze_activity_of_the_ann_twin(tmp_path, capsys):
     assert total["ann_macs_per_image"] == 193_538_048 == sum(VGG9_FMNIST_MACS.values())
     assert total["ann_energy_uj"] == pytest.approx(193_538_048 * 4.6e-6)
     # the ANN side of an SNN's report is the same count, layer by layer
-    snn = build_for_dataset("vgg9", "fashionmnist_subset", 2, 0.95)
+    snn = network("vgg9", "fashionmnist_subset", 2)
     assert [(r["layer"], r["macs"]) for r in activity.ann_macs(snn, (1, 32, 32))] == \
         [(r["layer"], r["ann_macs_per_image"]) for r in layers]
 

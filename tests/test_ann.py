@@ -128,4 +128,4 @@ def test_load_trained_ann(tmp_path):
     fails({"arch": "vgg9_ann", "dataset": "cifar10"}, "does not fit vgg9_ann on cifar10")
     fails({"arch": "vgg9_ann"}, "does not record its dataset; pass --dataset")
     fails({"arch": "vgg9_ann", "dataset": "imagenet"}, "names dataset 'imagenet'")
-    fails({"arch": "vgg9_ann", "dataset": "cifar10dvs"}, "the ANNs take images")
+    fails({"arch": "vgg9_ann", "dataset": "cifar10dvs"}, "arch vgg9_ann reads images, and cifar10dvs serves event frames")

@@ -352,9 +352,9 @@ def test_arrays_of_another_shape_than_the_dataset_are_refused(name, good, num_st
 def _train_and_evaluate_argv(name, data_dir, out, tmp_path):
     """train.py's and evaluate.py's arguments for a tiny run of dataset `name`; evaluate.py
     scores a checkpoint as the authors' train.py writes it (weights only)."""
-    from bntt.models import build_for_dataset
+    from helpers import network
     arch, steps = ("fc", "28") if data.dataset_info(name).kind == "sequence" else ("vgg9", "1")
-    model = build_for_dataset(arch, name, int(steps), 0.95,
+    model = network(arch, name, int(steps), 0.95,
                               **({"fc_hidden": (8,)} if arch == "fc" else {}))
     checkpoint = tmp_path / "authors.pt"
     torch.save({"state_dict": model.state_dict()}, checkpoint)

@@ -264,7 +264,7 @@ def test_a_job_on_a_folder_in_use_stops_every_process_with_one_line(tmp_path):
     ("vgg9_ann", "bntt", "the ANN's BatchNorm layers synchronise across processes on GPUs only")])
 def test_statistics_that_cannot_be_synchronised_are_refused(arch, norm, message):
     from bntt import distributed
-    from bntt.models import build_for_dataset
-    model = build_for_dataset(arch, "fashionmnist_subset", 2, 0.95, "multistep", norm=norm)
+    from helpers import network
+    model = network(arch, "fashionmnist_subset", 2, engine="multistep", norm=norm)
     with pytest.raises(ValueError, match=message):
         distributed.prepare_model(model, distributed.World(size=2, launched=True), "global")

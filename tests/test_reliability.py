@@ -15,6 +15,7 @@ import torch
 
 import evaluate
 import train
+from bntt.run_folder import RunLog
 from bntt.checkpoint import load_checkpoint, write_atomic
 from bntt.cli import UsageError, memory_for
 from bntt.runlock import RunFolderUnsafe, RunLock
@@ -175,7 +176,7 @@ def test_resume_takes_another_worker_count_and_refuses_a_config_file_that_change
         one_epoch_of_two, tmp_path, capsys):
     # the batches follow from (seed, epoch), not from the workers (tests/test_data.py)
     cfg, _ = train.resolve_config(["--resume", str(one_epoch_of_two), "--num_workers", "2"])
-    assert cfg["num_workers"] == 2
+    assert cfg.num_workers == 2
     code, err = cli_error(capsys, train.cli, ["--resume", str(one_epoch_of_two), "--bntt_sync", "local"])
     assert code == 2 and "cannot change bntt_sync when resuming" in err
     other = tmp_path / "other.toml"
@@ -185,7 +186,7 @@ def test_resume_takes_another_worker_count_and_refuses_a_config_file_that_change
     same = tmp_path / "same.toml"
     same.write_text("lr = 0.1\nnum_workers = 0\narch = \"vgg9\"\n")  # repeats the run's values
     cfg, _ = train.resolve_config(["--resume", str(one_epoch_of_two), "--config", str(same)])
-    assert cfg["lr"] == 0.1 and cfg["num_epochs"] == 2
+    assert cfg.lr == 0.1 and cfg.num_epochs == 2
 
 
 def test_resume_removes_stale_temporaries_and_a_cut_metrics_line(one_epoch_of_two, tmp_path):
@@ -435,10 +436,9 @@ def test_disk_full_at_the_end_of_an_epoch_is_one_line_and_loses_nothing(one_epoc
 def test_tensorboard_events_are_written_by_the_calling_thread(one_epoch_of_two, tmp_path):
     """A background writer thread would print its own traceback when the disk fills up."""
     run_dir = copy_run(one_epoch_of_two, tmp_path / "runs" / "r")
-    cfg, ckpt = train.resolve_config(["--resume", str(run_dir)])
-    run = train.prepare_run(cfg, ckpt)
+    cfg, _ = train.resolve_config(["--resume", str(run_dir)])
     threads = set(threading.enumerate())
-    outputs = train.Outputs(run)
+    outputs = RunLog(run_dir, cfg, start_epoch=1)
     try:
         assert set(threading.enumerate()) == threads
     finally:

@@ -11,11 +11,10 @@ import torch
 import evaluate
 import train
 from bntt import early_exit
-from bntt.checkpoint import describe_state
 from bntt.coding import SequenceEncoder
 from bntt.data import DATASETS, load_arrays, write_idx
-from bntt.models import SpikingFC, build_for_dataset
-from helpers import needs_triton_interpreter, randomize_bntt, tiny_args
+from bntt.models import SpikingFC
+from helpers import needs_triton_interpreter, network, randomize_bntt, tiny_args
 from test_engines import assert_close_relative
 
 TINY = tiny_args(dataset="seqfashionmnist_subset", arch="fc", num_steps=28, train_samples=96,
@@ -92,18 +91,17 @@ def test_fc_layer_equations_by_hand():
         torch.testing.assert_close(model.forward_spikes(x)[0], total / 2, rtol=1e-12, atol=1e-12)
 
 
-def test_fc_checkpoint_round_trip_and_description():
-    model = build_for_dataset("fc", "seqmnist", 28, 0.95, fc_hidden=(64, 32))
-    state = model.state_dict()
-    assert describe_state(state) == {"arch": "fc", "num_steps": 28, "num_cls": 10, "in_channels": 28,
-                                     "hidden": (64, 32)}
-    other = build_for_dataset("fc", "seqmnist", 28, 0.95, fc_hidden=(64, 32))
-    other.load_state_dict(state, strict=True)
+def test_fc_checkpoint_round_trip():
+    model = network("fc", "seqmnist", 28, fc_hidden=(64, 32))
+    assert [model.fc1.in_features, model.fc1.out_features, model.fc2.out_features,
+            model.fc_out.out_features, model.num_steps] == [28, 64, 32, 10, 28]
+    other = network("fc", "seqmnist", 28, fc_hidden=(64, 32))
+    other.load_state_dict(model.state_dict(), strict=True)
     images = torch.rand(3, 1, 28, 28)
     model.eval(), other.eval()
     with torch.no_grad():
         assert torch.equal(model(images), other(images))
-    pixels = build_for_dataset("fc", "seqmnist", 784, 0.95, seq_order="pixels")
+    pixels = network("fc", "seqmnist", 784, seq_order="pixels")
     assert pixels.in_channels == 1 and pixels.num_steps == 784
 
 
@@ -119,8 +117,10 @@ def test_fc_early_exit_curve_is_the_shorter_networks():
 
 
 @pytest.mark.parametrize("arch,dataset,steps,message", [
-    ("vgg9", "seqmnist", 28, "use --arch fc"),
-    ("fc", "cifar10", 25, "arch fc is the network for the sequence datasets"),
+    ("vgg9", "seqmnist", 28, "arch vgg9 reads images or event frames, and seqmnist serves "
+                             "sequences: use --arch fc"),
+    ("fc", "cifar10", 25, "arch fc reads sequences, and cifar10 serves images: use --arch vgg9 or "
+                          "vgg11 or resnet19 or vgg9_ann or vgg11_ann"),
     ("fc", "seqmnist", 10, "set num_steps = 28"),
 ])
 def test_arch_dataset_mismatch_is_one_line(capsys, tmp_path, arch, dataset, steps, message):

@@ -67,6 +67,19 @@ class DatasetInfo:
     kind: str = "image"
     padding: int = 4
 
+    def make_encoder(self, seq_order: str = "rows", seq_coding: str = "direct"):
+        """The encoder that turns this dataset's samples into the network's input steps."""
+        from bntt.coding import FrameEncoder, PoissonEncoder, SequenceEncoder
+        if self.kind == "sequence":
+            return SequenceEncoder(seq_order, seq_coding)
+        return FrameEncoder() if self.kind == "frames" else PoissonEncoder()
+
+    def sequence_steps(self, seq_order: str = "rows") -> int | None:
+        """The T a sequence dataset is read in; None for the others."""
+        if self.kind != "sequence":
+            return None
+        return self.make_encoder(seq_order).steps(self.img_size, self.img_size)
+
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 # Pixel statistics of the Fashion-MNIST training set after zero-padding to 32x32.

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from bntt.data import make_datasets
-from bntt.models import ARCHS, build_for_dataset
+from bntt.config import Config
+from bntt.models import ARCHS
+from bntt.networks import build_network
 
 
 def main() -> None:
@@ -28,7 +30,8 @@ def main() -> None:
     train_set, _ = make_datasets("fashionmnist_subset", "data")
     images = torch.stack([train_set[i][0] for i in range(args.images)])
     labels = torch.tensor([train_set[i][1] for i in range(args.images)])
-    model = build_for_dataset(args.arch, "fashionmnist_subset", args.num_steps, args.leak_mem)
+    model = build_network(Config(arch=args.arch, dataset="fashionmnist_subset",
+                                 num_steps=args.num_steps, leak_mem=args.leak_mem))
     model = model.set_engine("cpu").train()
     F.cross_entropy(model(images, torch.Generator().manual_seed(0)), labels).backward()
     print(f"{args.arch}, T={args.num_steps}, {args.images} images: ||dL/dW|| / ||W|| per weight")
