@@ -87,6 +87,9 @@ class Config:
     bntt_sync: str = option("global", "under torchrun: BNTT statistics of every step over the "
                                       "global batch (global: the one-process network) or per "
                                       "process (local)")
+    gamma_decay: bool = option(True, "weight decay on BNTT's gammas, as on every parameter (the "
+                                     "paper); --no-gamma_decay exempts the gammas only: an "
+                                     "analysis of the early exit, not the paper's recipe")
 
     def __post_init__(self):
         self.check()

@@ -4,7 +4,8 @@
         last.pt, best.pt      checkpoints (bntt/checkpoint.py): the last epoch, the best test top-1
         metrics.jsonl         one line per finished epoch
         config.json           the run's configuration (bntt/config.py)
-        events.out.tfevents.* TensorBoard: losses, accuracies, lr, speed, BNTT gammas per step
+        events.out.tfevents.* TensorBoard: losses, accuracies, lr, speed, BNTT gammas and
+                              their gradients per step
         .lock                 the process writing here (bntt/runlock.py)
 
 Only rank 0 of a torchrun job writes here. Every write is atomic or an append that a resumed
@@ -120,6 +121,10 @@ class RunLog:
             gammas = bn.weight.detach().float().cpu()
             for t in range(bn.num_steps):
                 events.histogram(f"gamma/{name}/t{t:02d}", gammas[t], epoch)
+        for stat in ("gamma_grad_mean", "gamma_grad_std"):
+            for name, per_step in row.get(stat, {}).items():
+                for t, value in enumerate(per_step):
+                    events.scalar(f"{stat}/{name}/t{t:02d}", value, epoch)
         with reported_write(events.path, kept_checkpoint(epoch)):
             events.write()
         with reported_write(self.metrics_path, kept_checkpoint(epoch)):

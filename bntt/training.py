@@ -124,7 +124,8 @@ def prepare_run(cfg: Config, ckpt: dict | None, world: distributed.World | None 
     except ValueError as err:
         raise UsageError(str(err)) from None
     model = distributed.unwrap(net)  # the ANN twin's BatchNorms may have become SyncBatchNorms
-    run = Run(cfg, folder, device, model, sgd(model.parameters(), cfg.lr), train_loader,
+    gammas = [] if cfg.gamma_decay else [bn.weight for _, bn in model.bntt_layers()]
+    run = Run(cfg, folder, device, model, sgd(model.parameters(), cfg.lr, no_decay=gammas), train_loader,
               test_loader, engine=model.backend.name if model.backend else cfg.engine,
               world=world, net=net)
     if ckpt is not None:
@@ -160,6 +161,40 @@ def restore(run: Run, ckpt: dict) -> None:
 
 # -- one epoch -----------------------------------------------------------------------------
 
+class GammaGradients:
+    """Which time steps BNTT's gammas get gradient at: for every BNTT layer and step t, the
+    mean and the spread (standard deviation, over channels) of dLoss/dgamma[t, :], averaged
+    over the batches of an epoch. The gradient is the loss's, before the optimiser adds weight
+    decay. Kept on the model's device, so that adding a batch costs no synchronisation.
+
+    Example::
+
+        stats = GammaGradients(model.bntt_layers())
+        loss.backward(); stats.add()          # after every backward pass
+        stats.row()   # {"gamma_grad_mean": {"bntt1": [T floats], ...}, "gamma_grad_std": {...}}
+    """
+
+    def __init__(self, layers):
+        self.layers = layers  # [(name, BNTT), ...]
+        self.sums = {name: None for name, _ in self.layers}
+        self.batches = 0
+
+    def add(self) -> None:
+        self.batches += 1
+        for name, bn in self.layers:
+            grad = bn.weight.grad  # [T, C]; None: no step reached the loss
+            grad = torch.zeros_like(bn.weight) if grad is None else grad.detach().float()
+            both = torch.stack([grad.mean(1), grad.std(1, correction=0)])
+            self.sums[name] = both if self.sums[name] is None else self.sums[name] + both
+
+    def row(self) -> dict:
+        if not self.batches or not self.layers:
+            return {}
+        means = {name: (s / self.batches).tolist() for name, s in self.sums.items()}
+        return {"gamma_grad_mean": {name: m[0] for name, m in means.items()},
+                "gamma_grad_std": {name: m[1] for name, m in means.items()}}
+
+
 def train_epoch(run: Run, epoch: int, desc: str) -> dict:
     """SGD over the training set for 0-based `epoch`: its batches, augmentation and input spikes
     are those of (seed, epoch) (bntt/seeding.py), on one process or many."""
@@ -169,6 +204,7 @@ def train_epoch(run: Run, epoch: int, desc: str) -> dict:
     spikes_from = seeding.generator(run.cfg.seed, epoch, seeding.POISSON, device=device)
     batches = run.train_loader.batch_sampler
     loss_sum, correct1, correct5, count = 0.0, 0, 0, 0
+    gamma_grads = GammaGradients(model.bntt_layers())
     bar = tqdm(run.train_loader, desc=desc, leave=False, dynamic_ncols=True, disable=not world.is_main)
     for k, (images, labels) in enumerate(bar):
         images = images.to(device, non_blocking=True)
@@ -179,6 +215,7 @@ def train_epoch(run: Run, epoch: int, desc: str) -> dict:
         loss = distributed.global_batch_loss(output.float(), labels, global_size, world)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        gamma_grads.add()
         optimizer.step()
         loss_value = loss.item()
         if not math.isfinite(loss_value):
@@ -193,7 +230,7 @@ def train_epoch(run: Run, epoch: int, desc: str) -> dict:
     loss_sum, correct1, correct5, count = distributed.sum_over_processes(
         (loss_sum, correct1, correct5, count), world, device)
     return {"train_loss": loss_sum / count, "train_top1": 100.0 * correct1 / count,
-            "train_top5": 100.0 * correct5 / count, "train_images": int(count)}
+            "train_top5": 100.0 * correct5 / count, "train_images": int(count), **gamma_grads.row()}
 
 
 @torch.no_grad()

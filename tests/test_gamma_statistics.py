@@ -1,0 +1,91 @@
+"""The gamma analysis of training: --no-gamma_decay and the per-step gradient statistic of BNTT's
+gammas (docs/early-exit/README.md)."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train
+from bntt import seeding
+from bntt.bntt import BNTT
+from bntt.config import Config
+from bntt.data.sampling import set_epoch
+from bntt.paper import WEIGHT_DECAY
+from bntt.training import GammaGradients, prepare_run, train_epoch
+from helpers import TINY_RUN, tiny_args
+
+ONE_BATCH = {**TINY_RUN, "train_samples": 32, "test_samples": 8, "num_epochs": 1}
+
+
+def one_sgd_step_of_zero_gradient(run):
+    """Parameters after one SGD step whose loss gradient is zero: only weight decay moves them."""
+    before = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+    for p in run.model.parameters():
+        p.grad = torch.zeros_like(p)
+    run.optimizer.step()
+    return before, dict(run.model.named_parameters())
+
+
+@pytest.mark.parametrize("gamma_decay", [True, False])
+def test_no_gamma_decay_exempts_the_gammas_and_nothing_else(tmp_path, gamma_decay):
+    run = prepare_run(Config(**ONE_BATCH, out_dir=str(tmp_path), gamma_decay=gamma_decay), None)
+    gammas = {f"{name}.weight" for name, _ in run.model.bntt_layers()}
+    assert len(gammas) == 8  # VGG9: seven conv blocks and fc1
+    before, after = one_sgd_step_of_zero_gradient(run)
+    lr = run.cfg.lr
+    for name, p in after.items():
+        decays = gamma_decay or name not in gammas
+        # first step of momentum SGD: the buffer is the decay term itself, w -= lr * wd * w
+        expected = before[name] * (1 - lr * WEIGHT_DECAY) if decays else before[name]
+        # decay moves a weight by lr * wd = 1e-5 of itself; float32 rounds at 1e-7
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-12, msg=name)
+    assert len(run.optimizer.param_groups) == (1 if gamma_decay else 2)
+
+
+def test_gamma_gradient_statistic_is_the_mean_and_spread_over_channels_of_the_batch(tmp_path):
+    cfg = Config(**ONE_BATCH, out_dir=str(tmp_path))
+    row = train_epoch(prepare_run(cfg, None), 0, "epoch 1")
+    # the same batch, spikes and weights, by hand
+    run = prepare_run(cfg, None)
+    set_epoch(run.train_loader, cfg.seed, 0)
+    images, labels = next(iter(run.train_loader))
+    run.model.train()
+    spikes_from = seeding.generator(cfg.seed, 0, seeding.POISSON, device=torch.device("cpu"))
+    logits = run.model(images, generator=spikes_from, shard=run.train_loader.batch_sampler.shard(0))
+    F.cross_entropy(logits, labels).backward()
+    for name, bn in run.model.bntt_layers():
+        g = bn.weight.grad.double()  # [T, C]
+        mean = g.sum(1) / g.shape[1]
+        spread = ((g - mean[:, None]) ** 2).sum(1).div(g.shape[1]).sqrt()
+        assert len(row["gamma_grad_mean"][name]) == cfg.num_steps
+        torch.testing.assert_close(torch.tensor(row["gamma_grad_mean"][name], dtype=torch.float64),
+                                   mean, rtol=1e-5, atol=1e-9, msg=name)
+        torch.testing.assert_close(torch.tensor(row["gamma_grad_std"][name], dtype=torch.float64),
+                                   spread, rtol=1e-5, atol=1e-9, msg=name)
+    assert any(max(map(abs, v)) > 0 for v in row["gamma_grad_mean"].values())
+
+
+def test_gamma_gradient_statistic_averages_the_batches():
+    bn = BNTT(3, num_steps=2)
+    stats = GammaGradients([("bntt1", bn)])
+    for grad in ([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], [[3.0, 4.0, 5.0], [2.0, 2.0, 8.0]]):
+        bn.weight.grad = torch.tensor(grad)
+        stats.add()
+    row = stats.row()
+    assert row["gamma_grad_mean"]["bntt1"] == pytest.approx([3.0, 2.0])  # (2 + 4) / 2, (0 + 4) / 2
+    sd = (2 / 3) ** 0.5  # of (1, 2, 3) and of (3, 4, 5); (2, 2, 8) has sqrt(8)
+    assert row["gamma_grad_std"]["bntt1"] == pytest.approx([sd, (0 + 8 ** 0.5) / 2])
+    assert GammaGradients([]).row() == {}
+
+
+def test_train_py_logs_the_statistic_and_records_the_flag(tmp_path):
+    argv = tiny_args(train_samples=32, test_samples=8, num_epochs=1) + [
+        "--out_dir", str(tmp_path), "--run_name", "r", "--no-gamma_decay"]
+    assert train.cli(argv) == 0
+    row = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert sorted(row["gamma_grad_mean"]) == sorted(row["gamma_grad_std"]) == \
+        ["bntt1", "bntt2", "bntt3", "bntt4", "bntt5", "bntt6", "bntt7", "bntt_fc"]
+    ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert ckpt["config"]["gamma_decay"] is False
+    assert [g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]] == [WEIGHT_DECAY, 0.0]
