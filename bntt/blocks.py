@@ -5,7 +5,8 @@ For the input x_t of step t, a block computes (Eq. 2-9):
 
     a_t        = synapse(x_t)              conv or linear (maps are flattened for a linear one)
     z_t        = norm(a_t, t) + r_t        BNTT or another --norm; r_t a residual current, if any
-    s_t, u_t   = LIF(z_t, u_{t-1})         the neuron, from rest (u_0 = 0) at the first step
+    s_t, u_t   = LIF(z_t, u_{t-1})         the neuron, from rest (u_0 = 0) at the first step;
+                                           with MPBN it fires where norm.membrane(v_t) > threshold
     output_t   = pool(s_t)                 optional: pools act on spikes
 
 Every part but the synapse is optional: without a neuron a block returns z_t (a residual
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from bntt.neuron import feeds_membrane_norm
 
 
 class TimeState:
@@ -86,6 +89,12 @@ class SpikingBlock(nn.Module):
                 object.__setattr__(self, name, part)
         self.backend = REFERENCE  # set_engine (bntt/engines.py) chooses another
 
+    @property
+    def membrane_norm(self) -> nn.Module | None:
+        """The BatchNorm of the membrane that MPBN's norm holds, which the neuron applies
+        before it fires (bntt.norms.MembraneBN); None for every other norm."""
+        return getattr(self.norm, "membrane", None)
+
     # -- the equations, one step at a time ---------------------------------------------------
 
     def synapse_input(self, x: torch.Tensor, leading: int = 1) -> torch.Tensor:
@@ -105,7 +114,7 @@ class SpikingBlock(nn.Module):
             z = z + residual
         if self.neuron is None:
             return z, None
-        s, u = self.neuron.step(z, u)
+        s, u = self.neuron.step(z, u, self.membrane_norm)
         return (self.pool(s) if self.pool is not None else s), u
 
     def run_steps(self, x: torch.Tensor, u: torch.Tensor | None = None, first_step: int = 0,
@@ -132,9 +141,11 @@ class SpikingBlock(nn.Module):
     def current(self, a: torch.Tensor, first_step: int = 0,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
         """The neuron's input for a stack of synaptic currents a [n, B, ...] of steps
-        first_step..: the norm over all of them in one call, plus the residual current."""
+        first_step..: the norm over all of them in one call, plus the residual current. With
+        MPBN the current records the membrane's BatchNorm for `bntt.neuron.lif_scan`."""
         z = self.norm(a, first_step=first_step) if self.norm is not None else a
-        return z if residual is None else z + residual
+        z = z if residual is None else z + residual
+        return feeds_membrane_norm(z, self.membrane_norm) if self.neuron is not None else z
 
     def fire(self, a: torch.Tensor, u: torch.Tensor | None = None, first_step: int = 0,
              residual: torch.Tensor | None = None):
@@ -144,7 +155,7 @@ class SpikingBlock(nn.Module):
         z = self.current(a, first_step, residual)
         if self.neuron is None:
             return z, None
-        return self.neuron.run(z, u)
+        return self.neuron.run(z, u, self.membrane_norm)
 
     def pool_stack(self, s: torch.Tensor) -> torch.Tensor:
         """The pool applied to a stack [n, B, C, H, W] of spike maps (none: s)."""

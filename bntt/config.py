@@ -83,7 +83,9 @@ class Config:
     fc_hidden: str = option("256,256", f"arch fc: hidden layer sizes, comma-separated (at most "
                                        f"{MAX_HIDDEN_LAYERS} layers of at most {MAX_HIDDEN_SIZE})")
     norm: str = option("bntt", "normalisation of every spiking layer: bntt (the paper), bn (one "
-                               "BatchNorm shared by all steps), tdbn (threshold-dependent), none")
+                               "BatchNorm shared by all steps), tdbn (threshold-dependent), tebn "
+                               "(temporal effective), tab (temporal accumulated), mpbn (a second "
+                               "BatchNorm on the membrane potential), none")
     bntt_sync: str = option("global", "under torchrun: BNTT statistics of every step over the "
                                       "global batch (global: the one-process network) or per "
                                       "process (local)")

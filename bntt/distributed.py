@@ -29,6 +29,16 @@ from bntt.bntt import BNTT
 
 SYNC_MODES = ("global", "local")
 
+# The norms whose statistics are not exchanged across processes (only BNTT's are,
+# bntt/sync.py), and what they keep: with --bntt_sync global they are refused.
+UNSYNCHRONISED = {
+    "bn": "shares one set of statistics by all steps",
+    "tdbn": "shares one set of statistics by all steps",
+    "tebn": "shares one set of statistics by all steps",
+    "tab": "takes the statistics of steps 1..t for step t",
+    "mpbn": "shares one set of statistics by all steps, and one of the membrane",
+}
+
 
 @dataclass
 class World:
@@ -115,9 +125,10 @@ def prepare_model(model: nn.Module, world: World, sync: str) -> nn.Module:
     if not world.launched:
         return model
     if sync == "global":
-        if getattr(model, "norm", None) in ("bn", "tdbn"):
-            raise ValueError(f"--norm {model.norm} shares one set of statistics by all steps, which "
-                             "is kept per process: train it with --bntt_sync local")
+        norm = getattr(model, "norm", None)
+        if norm in UNSYNCHRONISED:
+            raise ValueError(f"--norm {norm} {UNSYNCHRONISED[norm]}, which is kept per process: "
+                             "train it with --bntt_sync local")
         for layer in model.modules():
             if isinstance(layer, BNTT):
                 layer.sync_group = world.group

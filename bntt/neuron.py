@@ -7,6 +7,10 @@ For one layer at step t, with z_t the BNTT output (docs/spec.md, Eq. 5-8):
     (7) u_t = v_t - threshold * sg(s_t)            soft reset; sg: no gradient through the reset
     (8) ds_t/dv_t := 0.3 * max(0, 1 - |v_t/threshold - 1|) / threshold    backward only
 
+With MPBN (`--norm mpbn`) the block hands the neuron a BatchNorm of its membrane (`membrane`,
+bntt.norms.MembraneBN), and Eq. 6 compares BN(v_t) with the threshold instead of v_t; Eq. 5
+and 7 are unchanged: the membrane that leaks and resets is v_t itself (docs/spec.md, Eq. M3).
+
 This is the only neuron in the project. Each equation is one function here (`integrate`,
 `fire`, `reset`, `surrogate_grad`); `lif_step` advances one step with autograd (the reference
 and multistep engines), `lif_scan` runs all steps as one autograd node with the same functions
@@ -88,15 +92,17 @@ def reset(v: torch.Tensor, s: torch.Tensor, threshold: float, out: torch.Tensor 
     return torch.sub(v, s, alpha=threshold, out=out)
 
 
-def lif_step(z: torch.Tensor, u: torch.Tensor | None, leak: float, threshold: float = THRESHOLD):
+def lif_step(z: torch.Tensor, u: torch.Tensor | None, leak: float, threshold: float = THRESHOLD,
+             membrane=None):
     """One time step of the LIF neuron. Returns (spikes in z's dtype, new membrane potential).
 
-    `u=None` is the resting state (zeros) at the first step.
+    `u=None` is the resting state (zeros) at the first step. `membrane`: MPBN's BatchNorm of
+    the membrane (its `spikes(v, threshold)` fires where BN(v) > threshold), or None.
     """
     if u is None:
         u = torch.zeros(z.shape, dtype=membrane_dtype(z.dtype), device=z.device)
     v = integrate(u, z, leak)
-    s = spike_fn(v, threshold)
+    s = spike_fn(v, threshold) if membrane is None else membrane.spikes(v, threshold)
     u = reset(v, s.detach(), threshold)
     return s.to(z.dtype), u
 
@@ -176,6 +182,15 @@ def _step_views(spikes, steps: int, memory_format):
     return spikes.unbind(0) if memory_format is None else spikes.unflatten(0, (steps, -1)).unbind(0)
 
 
+def feeds_membrane_norm(z: torch.Tensor, membrane) -> torch.Tensor:
+    """Record on the neurons' input z that their membrane is normalised by `membrane` before
+    they fire (MPBN; None records nothing), for `lif_scan`, which the backends call with the
+    leak and the threshold alone. Returns z."""
+    if membrane is not None:
+        z._bntt_membrane_norm = membrane
+    return z
+
+
 def lif_scan(z: torch.Tensor, leak: float, threshold: float = THRESHOLD,
              u0: torch.Tensor | None = None, spike_dtype=None, memory_format=None):
     """The spike train of LIF neurons driven by z [T, B, ...] from membrane potential u0 (None:
@@ -187,7 +202,20 @@ def lif_scan(z: torch.Tensor, leak: float, threshold: float = THRESHOLD,
     The spikes come in `spike_dtype` (default z's; 0 and 1 are exact in every float dtype),
     laid out as z ([T, B, ...]), or, with `memory_format`, as one [T * B, ...] stack in that
     format: what a convolution over all T steps at once is fed. Returns (spikes, u_T).
+
+    Neurons whose membrane is normalised before they fire (MPBN, `feeds_membrane_norm`) are
+    stepped by `lif_step` instead: that BatchNorm takes each step's statistics in turn.
     """
+    membrane = getattr(z, "_bntt_membrane_norm", None)
+    if membrane is not None:
+        spikes, u = [], u0
+        for z_t in z.unbind(0):
+            s, u = lif_step(z_t, u, leak, threshold, membrane)
+            spikes.append(s)
+        s = torch.stack(spikes).to(spike_dtype or z.dtype)
+        if memory_format is not None:
+            s = s.flatten(0, 1).contiguous(memory_format=memory_format)
+        return s, u
     return LIFScan.apply(z, u0, float(leak), float(threshold), spike_dtype, memory_format)
 
 
@@ -215,14 +243,15 @@ class LIFNeuron(nn.Module):
         self.leak = float(leak)
         self.threshold = float(threshold)
 
-    def step(self, z: torch.Tensor, u: torch.Tensor | None = None):
-        return lif_step(z, u, self.leak, self.threshold)
+    def step(self, z: torch.Tensor, u: torch.Tensor | None = None, membrane=None):
+        """One step; `membrane`: the layer's MPBN BatchNorm of the membrane, or None."""
+        return lif_step(z, u, self.leak, self.threshold, membrane)
 
-    def run(self, z: torch.Tensor, u: torch.Tensor | None = None):
+    def run(self, z: torch.Tensor, u: torch.Tensor | None = None, membrane=None):
         """`step` over z [T, ...] from membrane u (None: at rest) -> (spikes [T, ...], u_T)."""
         spikes = []
         for z_t in z.unbind(0):
-            s, u = self.step(z_t, u)
+            s, u = self.step(z_t, u, membrane)
             spikes.append(s)
         return torch.stack(spikes), u
 
