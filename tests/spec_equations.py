@@ -116,3 +116,140 @@ def spec_resnet19_logits(p, spikes, leak, training):
         s = lif("fc1", batch_norm_step(z, p, "fc1.norm", t, training, new_stats))
         total = total + s @ p["fc2.synapse.weight"].t()
     return total / steps, new_stats
+
+
+# -- the normalisations after BNTT (docs/spec.md, "The normalisations after BNTT") ----------
+# Each works on a stack a [T, B, C, ...] of one layer's synaptic currents and a state_dict `p`
+# holding the layer's tensors under `name` (name.weight, name.bias, name.scale,
+# name.running_mean, ...); in training the updated running statistics go into `new_stats`.
+
+def _running(p, name, key, batch_value, n, new_stats):
+    """Eq. 4 for one set of running statistics: (mean, biased variance) of a batch of n values."""
+    mean, var = batch_value
+    new_stats[f"{name}.running_mean"] = (1 - MOMENTUM) * p[f"{key}.running_mean"] + MOMENTUM * mean.detach()
+    new_stats[f"{name}.running_var"] = ((1 - MOMENTUM) * p[f"{key}.running_var"]
+                                        + MOMENTUM * var.detach() * n / (n - 1))
+
+
+def bn_over_steps(a, p, name, training, new_stats):
+    """Eq. T1 (and MPBN's first BatchNorm, Eq. M1): gamma * x_hat + beta, x_hat with one mean and
+    variance per channel over time, batch and space together."""
+    shape = (1, 1, -1) + (1,) * (a.dim() - 3)
+    dims = [0, 1] + list(range(3, a.dim()))
+    if training:
+        mean, var = a.mean(dims), a.var(dims, unbiased=False)
+        _running(p, name, name, (mean, var), a.numel() // a.shape[2], new_stats)
+    else:
+        mean, var = p[f"{name}.running_mean"], p[f"{name}.running_var"]
+    x_hat = (a - mean.view(shape)) / torch.sqrt(var.view(shape) + EPS)
+    return p[f"{name}.weight"].view(shape) * x_hat + p[f"{name}.bias"].view(shape)
+
+
+def tebn(a, p, name, training, new_stats):
+    """Eq. T2: TEBN's step t is p_t times the BatchNorm over all steps."""
+    y = bn_over_steps(a, p, name, training, new_stats)
+    return torch.stack([p[f"{name}.scale"][t] * y[t] for t in range(a.shape[0])])
+
+
+def tab(a, p, name, training, new_stats):
+    """Eq. A1-A3: TAB's step t, normalised with the mean and variance of steps 1..t of the
+    batch together (its own running statistics in evaluation), then gamma_t, beta_t and p_t^2;
+    written as the authors run it: one BatchNorm per step over the window of steps 1..t, of
+    whose output only step t is kept."""
+    shape = (1, -1) + (1,) * (a.dim() - 3)
+    dims = [0, 1] + list(range(3, a.dim()))
+    out, means, variances = [], [], []
+    for t in range(a.shape[0]):
+        window = a[:t + 1]
+        if training:
+            mean, var = window.mean(dims), window.var(dims, unbiased=False)
+            n = window.numel() // a.shape[2]
+            means.append((1 - MOMENTUM) * p[f"{name}.running_mean"][t] + MOMENTUM * mean.detach())
+            variances.append((1 - MOMENTUM) * p[f"{name}.running_var"][t]
+                             + MOMENTUM * var.detach() * n / (n - 1))
+        else:
+            mean, var = p[f"{name}.running_mean"][t], p[f"{name}.running_var"][t]
+        x_hat = (a[t] - mean.view(shape)) / torch.sqrt(var.view(shape) + EPS)
+        y = p[f"{name}.weight"][t].view(shape) * x_hat + p[f"{name}.bias"][t].view(shape)
+        out.append(p[f"{name}.scale"][t] ** 2 * y)
+    if training:
+        new_stats[f"{name}.running_mean"] = torch.stack(means)
+        new_stats[f"{name}.running_var"] = torch.stack(variances)
+    return torch.stack(out)
+
+
+def lif_spikes(z, leak):
+    """Eq. 5-7 over a stack z [T, B, ...] from rest: the spikes [T, B, ...]."""
+    u, out = torch.zeros_like(z[0]), []
+    for z_t in z:
+        v = leak * u + z_t
+        s = spike(v)
+        u = v - THETA * s.detach()
+        out.append(s)
+    return torch.stack(out)
+
+
+def mpbn_spikes(z, p, name, leak, training, new_stats):
+    """Eq. M2-M3: LIF neurons fed z [T, B, C, ...] that fire where the BatchNorm of their
+    membrane exceeds the threshold; the membrane itself leaks and resets. One BatchNorm
+    (lambda, beta) for all steps: in training step t's batch statistics, and one running
+    update per step in step order; in evaluation the running statistics."""
+    key = f"{name}.membrane"
+    shape = (1, -1) + (1,) * (z.dim() - 3)
+    dims = [0] + list(range(2, z.dim() - 1))
+    state = {f"{key}.running_mean": p[f"{key}.running_mean"], f"{key}.running_var": p[f"{key}.running_var"]}
+    u, out = torch.zeros_like(z[0]), []
+    for z_t in z:
+        v = leak * u + z_t
+        if training:
+            mean, var = v.mean(dims), v.var(dims, unbiased=False)
+            _running(state, key, key, (mean, var), v.numel() // v.shape[1], state)
+        else:
+            mean, var = state[f"{key}.running_mean"], state[f"{key}.running_var"]
+        bn = (p[f"{key}.weight"].view(shape) * (v - mean.view(shape)) / torch.sqrt(var.view(shape) + EPS)
+              + p[f"{key}.bias"].view(shape))
+        s = spike(bn)
+        u = v - THETA * s.detach()
+        out.append(s)
+    if training:
+        new_stats.update(state)
+    return torch.stack(out)
+
+
+NORM_STATEMENTS = {"tebn": tebn, "tab": tab, "mpbn": bn_over_steps}
+
+
+def norm_and_fire(kind, a, p, name, leak, training, new_stats):
+    """A spiking layer's synaptic currents a [T, B, C, ...] -> its spikes, with norm `kind`."""
+    z = NORM_STATEMENTS[kind](a, p, name, training, new_stats)
+    if kind == "mpbn":
+        return mpbn_spikes(z, p, name, leak, training, new_stats)
+    return lif_spikes(z, leak)
+
+
+def spec_norm_logits(p, layers, spikes, leak, training, kind):
+    """The VGG's logits [B, classes] and updated running statistics with norm `kind` (tebn,
+    tab or mpbn), from its state_dict `p` and input spikes [T, B, C, H, W], a layer at a time
+    over all steps (what statistics over several steps need)."""
+    new_stats = {}
+    x = spikes
+    for conv, pool in layers:
+        a = torch.stack([F.conv2d(x_t, p[f"{conv}.weight"], stride=1, padding=1) for x_t in x])
+        x = norm_and_fire(kind, a, p, "bntt" + conv[4:], leak, training, new_stats)
+        if pool == "avg":
+            x = torch.stack([F.avg_pool2d(x_t, 2) for x_t in x])
+        elif pool == "global":
+            x = x.mean(dim=(3, 4), keepdim=True)
+    a = torch.stack([x_t.flatten(1) @ p["fc1.weight"].t() for x_t in x])
+    s = norm_and_fire(kind, a, p, "bntt_fc", leak, training, new_stats)
+    return sum(s_t @ p["fc2.weight"].t() for s_t in s) / spikes.shape[0], new_stats
+
+
+def spec_fc_norm_logits(p, hidden_layers, currents, leak, training, kind):
+    """The FC network's logits (fc1, bntt1, ..., fc_out) with norm `kind`, for input currents
+    [T, B, features] (direct coding)."""
+    new_stats, x = {}, currents
+    for i in range(1, hidden_layers + 1):
+        a = torch.stack([x_t @ p[f"fc{i}.weight"].t() for x_t in x])
+        x = norm_and_fire(kind, a, p, f"bntt{i}", leak, training, new_stats)
+    return sum(s_t @ p["fc_out.weight"].t() for s_t in x) / currents.shape[0], new_stats

@@ -1,6 +1,8 @@
 """The normalisation ablation (--norm): each normalisation against a plain float64 statement of
 its equations, forward and backward; the engines agree for each; runs record their norm and
-the evaluator says the gamma rule is BNTT's alone."""
+the evaluator says the gamma rule is BNTT's alone. The norms after BNTT (tebn, tab, mpbn) are
+checked against tests/spec_equations.py: alone, and in VGG9 and the FC network on every engine;
+MPBN's folded threshold against its unfolded BatchNorm."""
 import copy
 import json
 
@@ -8,9 +10,13 @@ import pytest
 import torch
 
 import evaluate
+import spec_equations as spec
 import train
-from bntt.models import build_model
-from bntt.norms import NORMS, NoNorm, SharedBN, TDBN
+from bntt import engines
+from bntt.distributed import World, prepare_model
+from bntt.models import SpikingFC, build_model
+from bntt.neuron import LIFNeuron
+from bntt.norms import MPBN, NORMS, TAB, TEBN, MembraneBN, NoNorm, SharedBN, TDBN
 from helpers import needs_triton_interpreter, tiny_args
 from test_engines import assert_close_relative
 
@@ -131,7 +137,8 @@ def small(norm, steps=3, seed=0):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("engine", ["multistep", pytest.param("fused", marks=needs_triton_interpreter)])
-@pytest.mark.parametrize("norm", [n for n in NORMS if n != "bntt"])  # bntt: tests/test_engines.py
+# bntt: tests/test_engines.py; tebn, tab and mpbn against their equations on every engine, below
+@pytest.mark.parametrize("norm", ["bn", "tdbn", "none"])
 def test_engines_agree_for_each_norm(norm, engine, training):
     if norm == "tdbn" and training:
         pytest.skip("tdbn trains on all steps at once: compared with its equations above")
@@ -187,3 +194,316 @@ def test_tdbn_with_the_reference_engine_is_one_line(tmp_path, capsys):
     code = train.cli([*TINY, "--norm", "tdbn", "--engine", "reference", "--out_dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "train it with --engine multistep" in err and len(err.splitlines()) == 1
+
+
+# -- the norms after BNTT: tebn, tab, mpbn -----------------------------------------------------
+
+AFTER_BNTT = ("tebn", "tab", "mpbn")
+
+
+def randomize_norms(model, seed):
+    """Every parameter and running statistic of the norms away from its initial value (as
+    after training), some membrane lambdas negative, so that every term and eval are exercised."""
+    g = torch.Generator().manual_seed(seed)
+    uniform = lambda t, lo, hi: torch.rand(t.shape, generator=g, dtype=t.dtype) * (hi - lo) + lo  # noqa: E731
+    with torch.no_grad():
+        for m in model.modules():
+            if not isinstance(m, (TEBN, TAB, MPBN, MembraneBN)):
+                continue
+            m.weight.copy_(uniform(m.weight, 0.6, 1.4))
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g, dtype=m.bias.dtype) * 0.3)
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g, dtype=m.running_mean.dtype) * 0.3)
+            m.running_var.copy_(uniform(m.running_var, 0.5, 1.5))
+            if hasattr(m, "scale"):
+                m.scale.copy_(uniform(m.scale, 0.8, 1.2))
+            if isinstance(m, MembraneBN):
+                m.weight[::5].neg_()  # a channel whose BN falls as its membrane rises
+                m.bias.add_(0.5)  # so that BN(v) reaches the threshold from a membrane near 0
+    return model
+
+
+def leaves(state, names):
+    """The state_dict tensors `names` as leaves that take gradients (the others as they are)."""
+    return {k: (v.clone().requires_grad_() if k in names else v.clone()) for k, v in state.items()}
+
+
+def against_statement(norm, statement, a, training):
+    """norm(a) and its gradients (input and parameters) against `statement(a, p, "n", training,
+    new_stats)` in float64, and the running statistics it leaves. Returns the output."""
+    names = [f"n.{k}" for k, _ in norm.named_parameters()]
+    p = leaves({f"n.{k}": v for k, v in norm.state_dict().items()}, names)
+    before = {k: v.clone() for k, v in norm.state_dict().items()}
+    a_ref, a_got = a.clone().requires_grad_(), a.clone().requires_grad_()
+    new_stats = {}
+    expected = statement(a_ref, p, "n", training, new_stats)
+    weights = torch.randn(expected.shape, dtype=a.dtype, generator=torch.Generator().manual_seed(3))
+    grads = torch.autograd.grad((expected * weights).sum(), [a_ref] + [p[k] for k in names])
+    got = norm(a_got)
+    (got * weights).sum().backward()
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a_got.grad, grads[0], rtol=1e-10, atol=1e-12)
+    for (name, param), grad in zip(norm.named_parameters(), grads[1:]):
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(param.grad, grad, rtol=1e-10, atol=1e-12, msg=name)
+    after = norm.state_dict()
+    if training:
+        assert new_stats and all(not torch.equal(after[k[2:]], before[k[2:]]) for k in new_stats)
+        for key, value in new_stats.items():
+            torch.testing.assert_close(after[key[2:]], value, rtol=1e-12, atol=1e-12, msg=key)
+        assert (after["num_batches_tracked"] == 1).all()
+    else:
+        assert all(torch.equal(after[k], before[k]) for k in after)
+    return got
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 6, 3, 3), (5, 7, 6)], ids=["maps", "features"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind", ["tebn", "tab"])
+def test_tebn_and_tab_compute_their_equations(kind, training, shape):
+    cls = {"tebn": TEBN, "tab": TAB}[kind]
+    norm = randomize_norms(cls(6, shape[0]).double(), 1).train(training)
+    a = stack(7, shape)
+    against_statement(norm, getattr(spec, kind), a, training)
+
+
+@pytest.mark.parametrize("kind", ["tebn", "tab"])
+def test_tebn_and_tab_in_evaluation_step_by_step_and_in_stacks_equal_all_steps(kind):
+    norm = randomize_norms({"tebn": TEBN, "tab": TAB}[kind](4, 3).double(), 2).eval()
+    a = stack(8)
+    whole = norm(a)
+    assert torch.equal(torch.stack([norm(a[t], t) for t in range(3)]), whole)
+    assert torch.equal(norm(a[1:], first_step=1), whole[1:])
+
+
+def test_tab_step_t_depends_on_the_steps_before_it_only():
+    norm = TAB(4, 3).double().train()
+    a = stack(9)
+    changed = a.clone()
+    changed[2] += 1.0  # the last step: steps 1 and 2 keep their statistics
+    y, y_changed = norm(a), norm(changed)
+    assert torch.equal(y[:2], y_changed[:2]) and not torch.allclose(y[2], y_changed[2])
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 6, 3, 3), (5, 7, 6)], ids=["maps", "features"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_mpbn_computes_its_equations(training, shape):
+    """MPBN's first BatchNorm and the neuron with its membrane BatchNorm, against Eq. M1-M3."""
+    norm = randomize_norms(MPBN(6, shape[0]).double(), 3).train(training)
+    neuron = LIFNeuron(leak=0.8)
+
+    def statement(a, p, name, training, new_stats):
+        z = spec.bn_over_steps(a, p, name, training, new_stats)
+        return spec.mpbn_spikes(z, p, name, 0.8, training, new_stats)
+
+    class Layer(torch.nn.Module):  # the norm and the neuron, as a block runs them
+        def __init__(self):
+            super().__init__()
+            self.norm = norm
+
+        def forward(self, a):
+            return neuron.run(self.norm(a), None, self.norm.membrane)[0]
+
+    layer = Layer()
+    a = stack(10, shape) * 2
+    layer_state = {k.removeprefix("norm."): v for k, v in layer.state_dict().items()}
+    assert layer_state.keys() == norm.state_dict().keys()
+    s = against_statement(_Renamed(layer), statement, a, training)
+    assert 0.05 < s.mean() < 0.95  # the neurons fire, and not always
+
+
+class _Renamed(torch.nn.Module):
+    """A module whose parameters and state are named as its child `norm`'s (for the statement)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, a):
+        return self.layer(a)
+
+    def named_parameters(self, *args, **kwargs):
+        return self.layer.norm.named_parameters()
+
+    def state_dict(self, *args, **kwargs):
+        return self.layer.norm.state_dict()
+
+
+def small_network(kind, arch, seed=0):
+    torch.manual_seed(seed)
+    if arch == "vgg9":
+        model = build_model("vgg9", num_steps=3, img_size=16, norm=kind)
+    else:
+        model = SpikingFC(5, leak_mem=0.9, in_features=5, hidden=(12, 8), num_cls=4, norm=kind)
+    return randomize_norms(model.double(), seed + 1)
+
+
+def network_input(arch, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    if arch == "vgg9":
+        x = torch.sign(torch.randn(3, 4, 3, 16, 16, dtype=torch.float64, generator=g)) * (
+            torch.rand(3, 4, 3, 16, 16, dtype=torch.float64, generator=g) < 0.5)
+        return x, torch.randn(4, 10, dtype=torch.float64, generator=g)
+    currents = torch.rand(5, 3, 5, dtype=torch.float64, generator=g) * 2.5  # direct coding
+    return currents, torch.randn(3, 4, dtype=torch.float64, generator=g)
+
+
+def network_statement(model, arch, kind):
+    if arch == "vgg9":
+        return lambda p, x, training: spec.spec_norm_logits(p, spec.VGG9_LAYERS, x, model.leak_mem,
+                                                            training, kind)
+    return lambda p, x, training: spec.spec_fc_norm_logits(p, len(model.hidden), x, model.leak_mem,
+                                                           training, kind)
+
+
+ENGINE_CASES = [pytest.param(kind, arch, engine, training,
+                             id=f"{kind}-{arch}-{engine}-{'train' if training else 'eval'}",
+                             marks=[*([needs_triton_interpreter] if engine == "fused" else []),
+                                    *([pytest.mark.slow] if arch == "vgg9" and engine != "multistep" else [])])
+                for kind in AFTER_BNTT for arch in ("vgg9", "fc")
+                for engine in ("reference", "multistep", "cpu", "fused") for training in (True, False)
+                if not (engine == "reference" and training)]  # refused: see below
+
+
+@pytest.mark.parametrize("kind,arch,engine,training", ENGINE_CASES)
+def test_every_engine_computes_the_equations_of_each_norm(kind, arch, engine, training, monkeypatch):
+    """Logits, every parameter gradient and the running statistics of VGG9 and the FC network
+    with tebn, tab or mpbn, on each engine, against tests/spec_equations.py in float64. The
+    reference engine is one of them in evaluation; training it is refused (below). The cpu
+    engine runs the evaluation in stacks of two steps, each from where the last one left."""
+    monkeypatch.setattr(engines, "BLOCK_IMAGES", 8)  # 2 steps of batch 4 (or 3) per stack
+    model = small_network(kind, arch).train(training)
+    model.engine = engine
+    x, weights = network_input(arch)
+    state = model.state_dict()
+    params = dict(model.named_parameters())
+    p = leaves(state, params)
+    expected, new_stats = network_statement(model, arch, kind)(p, x, training)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [p[k] for k in params])
+    before = {k: v.clone() for k, v in state.items()}
+
+    logits = model.forward_spikes(x)
+    (logits * weights).sum().backward()
+
+    assert expected.abs().max() > 0.05  # spikes reach the readout
+    assert_close_relative(logits, expected, 1e-10, "logits")
+    for (name, param), grad in zip(params.items(), expected_grads):
+        if kind == "mpbn" and training and name.endswith("bias") and "membrane" not in name:
+            # beta of MPBN's first BatchNorm shifts every membrane of a channel alike, which the
+            # membrane's BatchNorm subtracts again in training: its gradient is 0 but rounding
+            assert grad.abs().max() < 1e-15 and param.grad.abs().max() < 1e-15, name
+            continue
+        assert grad.abs().max() > 0, name
+        assert_close_relative(param.grad, grad, 1e-10, f"grad of {name}")
+    after = model.state_dict()
+    if training:
+        for key, value in new_stats.items():
+            assert_close_relative(after[key], value, 1e-10, key)
+        assert {k.rsplit(".", 1)[0] for k in new_stats} == {
+            name for name, m in model.named_modules() if hasattr(m, "running_mean")}
+    else:
+        assert all(torch.equal(after[k], before[k]) for k in after)
+
+
+@pytest.mark.parametrize("kind", AFTER_BNTT)
+def test_the_reference_engine_refuses_to_train_them_in_one_line(kind):
+    model = small_network(kind, "fc").train()
+    model.engine = "reference"
+    with pytest.raises(RuntimeError) as error:
+        model.forward_spikes(network_input("fc")[0])
+    message = str(error.value)
+    assert "all time steps at once" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("kind", AFTER_BNTT)
+def test_they_are_refused_under_torchrun_with_global_statistics(kind):
+    model = small_network(kind, "fc")
+    with pytest.raises(ValueError) as error:
+        prepare_model(model, World(size=2, launched=True), "global")
+    message = str(error.value)
+    assert message.startswith(f"--norm {kind} ") and message.endswith(
+        "which is kept per process: train it with --bntt_sync local") and "\n" not in message
+
+
+@pytest.mark.parametrize("kind,keys", [
+    ("tebn", {"weight": (64,), "bias": (64,), "scale": (3,), "running_mean": (64,),
+              "running_var": (64,), "num_batches_tracked": ()}),
+    ("tab", {"weight": (3, 64), "bias": (3, 64), "scale": (3,), "running_mean": (3, 64),
+             "running_var": (3, 64), "num_batches_tracked": (3,)}),
+    ("mpbn", {f"{part}{name}": shape for part in ("", "membrane.") for name, shape in
+              (("weight", (64,)), ("bias", (64,)), ("running_mean", (64,)), ("running_var", (64,)),
+               ("num_batches_tracked", ()))})])
+def test_state_is_kept_under_the_layers_bntt_name_and_loads_back(kind, keys):
+    model = small_network(kind, "vgg9").eval()
+    state = model.state_dict()
+    assert {k.removeprefix("bntt1."): tuple(v.shape) for k, v in state.items()
+            if k.startswith("bntt1.")} == keys
+    fresh = build_model("vgg9", num_steps=3, img_size=16, norm=kind).double()
+    fresh.load_state_dict(state)  # strict
+    x = network_input("vgg9")[0]
+    with torch.no_grad():
+        assert torch.equal(fresh.eval().forward_spikes(x), model.forward_spikes(x))
+
+
+@pytest.mark.parametrize("kind", ["tebn", "tab"])
+def test_keep_steps_keeps_the_first_steps_of_the_per_step_quantities(kind):
+    model = small_network(kind, "fc").eval()
+    x = network_input("fc")[0][:3]
+    with torch.no_grad():
+        expected = model.forward_spikes(x)
+        shorter = copy.deepcopy(model).keep_steps(3)
+        assert shorter.bntt1.scale.shape == (3,) and torch.equal(shorter.forward_spikes(x), expected)
+
+
+def test_the_folded_threshold_fires_exactly_where_the_membrane_batchnorm_does():
+    """Eq. M4 for every sign of lambda: positive, negative, and zero with beta above or below
+    the threshold (then a channel always or never fires)."""
+    g = torch.Generator().manual_seed(11)
+    bn = MembraneBN(5).double().eval()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.7, -1.3, 0.0, 0.0, 2.1], dtype=torch.float64))
+        bn.bias.copy_(torch.tensor([0.2, 0.4, 1.5, 0.5, -0.3], dtype=torch.float64))
+        bn.running_mean.copy_(torch.randn(5, generator=g, dtype=torch.float64))
+        bn.running_var.copy_(torch.rand(5, generator=g, dtype=torch.float64) + 0.5)
+    v = torch.randn(64, 5, 4, 4, generator=g, dtype=torch.float64) * 3
+    unfolded = (bn(v) > 1.0).to(v.dtype)
+    with torch.no_grad():
+        folded = bn.spikes(v, 1.0)
+    assert torch.equal(folded, unfolded)
+    assert folded[:, 2].all() and not folded[:, 3].any()  # lambda = 0: beta above / below
+    assert 0.1 < folded[:, [0, 1, 4]].mean() < 0.9
+    theta, slope = bn.folded_threshold(1.0)
+    expected = bn.running_mean + (1.0 - bn.bias) * torch.sqrt(bn.running_var + 1e-4) / bn.weight
+    torch.testing.assert_close(theta[[0, 1, 4]], expected[[0, 1, 4]], rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["vgg9", "fc"])
+def test_mpbn_folded_into_the_threshold_gives_the_unfolded_network(arch):
+    """In evaluation without gradients the neurons compare their membrane with the folded
+    thresholds and no membrane BatchNorm runs; the spikes of every layer are those of the
+    unfolded BatchNorm, and the logits agree to 1e-12."""
+    model = small_network("mpbn", arch).eval()
+    model.engine = "reference"
+    x = network_input(arch)[0]
+    membranes = [m for m in model.modules() if isinstance(m, MembraneBN)]
+    calls, outputs = [], []
+    for m in membranes:
+        m.register_forward_hook(lambda *_: calls.append(1))
+    for block in model.blocks:
+        block.register_forward_hook(lambda _m, _i, out: outputs[-1].append(out))
+
+    def run(fold):
+        for m in membranes:
+            m.fold_at_inference = fold
+        outputs.append([])
+        with torch.no_grad():
+            return model.forward_spikes(x)
+
+    folded = run(True)
+    assert not calls
+    unfolded = run(False)
+    assert calls
+    assert len(outputs[0]) == len(outputs[1]) == len(model.blocks) * model.num_steps  # a step at a time
+    for out_folded, out_unfolded in zip(*outputs):
+        assert torch.equal(out_folded, out_unfolded)
+    assert folded.abs().max() > 0.05
+    torch.testing.assert_close(folded, unfolded, rtol=0, atol=1e-12)
