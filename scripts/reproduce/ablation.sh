@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The normalisation ablation: the same recipe once per normalisation of the spiking layers
-# (bntt, the paper's; bn, one BatchNorm shared by all steps; tdbn; none), then a table of the
-# final and best test top-1 of each run from its metrics.jsonl.
+# (bntt, the paper's; bn, one BatchNorm shared by all steps; tdbn; the later tebn, tab and mpbn;
+# none), then a table of the final and best test top-1 of each run from its metrics.jsonl.
+# tdbn, tebn, tab and mpbn train on all steps at once: not with --engine reference.
 #
 #   scripts/reproduce/ablation.sh NAME [train.py flags ...]
 #
@@ -13,7 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 name=${1:?usage: scripts/reproduce/ablation.sh NAME [train.py flags ...]}
 shift
-for norm in bntt bn tdbn none; do
+NORMS="bntt bn tdbn tebn tab mpbn none"
+for norm in $NORMS; do
   run=runs/ablation/${name}_${norm}
   echo "== $run"
   if [ -f "$run/last.pt" ]; then
@@ -22,12 +24,12 @@ for norm in bntt bn tdbn none; do
     python train.py "$@" --norm "$norm" --out_dir runs/ablation --run_name "${name}_${norm}"
   fi
 done
-python - "$name" <<'PY'
+python - "$name" $NORMS <<'PY'
 import json, sys
 from pathlib import Path
-name = sys.argv[1]
+name, norms = sys.argv[1], sys.argv[2:]
 print(f"\n{'norm':<6} {'epochs':>6} {'final top-1':>12} {'best top-1':>11}")
-for norm in ("bntt", "bn", "tdbn", "none"):
+for norm in norms:
     rows = [json.loads(line) for line in
             (Path("runs/ablation") / f"{name}_{norm}" / "metrics.jsonl").read_text().splitlines()]
     tested = [r for r in rows if "test_top1" in r]
