@@ -42,7 +42,7 @@ class DatasetInfo:
     mean: tuple = (0.0,)
     std: tuple = (1.0,)
     padding: int = 4
-    read: Callable = field(default=None, kw_only=True, repr=False, compare=False)
+    read: Callable = field(kw_only=True, repr=False, compare=False)
 
     kind: ClassVar[str]
     # Its samples are images the network codes as Poisson spikes (Eq. 1): what the ANN twins
