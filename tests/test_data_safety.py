@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bntt import data
-from bntt.data import DataUnavailable, load_arrays
+from bntt.data import DataUnavailable, cifar, load_arrays
 from fixtures import cifar_images, py2_pickle, write_cifar10, write_cifar100, write_fashion_mnist
 from fixtures import write_idx as fixture_write_idx
 
@@ -264,7 +264,7 @@ def test_images_and_labels_count_mismatch(tmp_path, monkeypatch):
     write_cifar10(tmp_path)
     x = torch.zeros((3, 3, 32, 32), dtype=torch.uint8)
     y = torch.zeros(2, dtype=torch.int64)
-    monkeypatch.setattr(data, "load_cifar", lambda name, data_dir: (x, y, x, y[:1].repeat(3)))
+    monkeypatch.setattr(cifar, "load_cifar", lambda name, data_dir: (x, y, x, y[:1].repeat(3)))
     message = one_line_error("cifar10", tmp_path, tmp_path)
     assert "train" in message and "3 images" in message and "2 labels" in message
 
