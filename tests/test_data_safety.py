@@ -351,13 +351,15 @@ def test_arrays_of_another_shape_than_the_dataset_are_refused(name, good, num_st
 
 def _train_and_evaluate_argv(name, data_dir, out, tmp_path):
     """train.py's and evaluate.py's arguments for a tiny run of dataset `name`; evaluate.py
-    scores a checkpoint as the authors' train.py writes it (weights only)."""
+    scores a checkpoint as the authors' train.py writes it (weights only), or, for the FC
+    network, which they do not have, with its configuration."""
     from helpers import network
     arch, steps = ("fc", "28") if data.dataset_info(name).kind == "sequence" else ("vgg9", "1")
-    model = network(arch, name, int(steps), 0.95,
-                              **({"fc_hidden": (8,)} if arch == "fc" else {}))
+    model = network(arch, name, int(steps), 0.95, **({"fc_hidden": (8,)} if arch == "fc" else {}))
     checkpoint = tmp_path / "authors.pt"
-    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    config = {"arch": arch, "dataset": name, "num_steps": int(steps), "fc_hidden": "8"}
+    torch.save({"state_dict": model.state_dict(), **({"config": config} if arch == "fc" else {})},
+               checkpoint)
     common = ["--dataset", name, "--data_dir", str(data_dir), "--device", "cpu",
               "--num_workers", "0", "--batch_size", "2", "--out_dir", str(out)]
     return ([*common, "--arch", arch, "--num_steps", steps, "--num_epochs", "1"]

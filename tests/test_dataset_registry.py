@@ -13,6 +13,7 @@ from bntt.data import (DATASETS, dataset_info, load_arrays, make_datasets, make_
                        sample_shape)
 from bntt.data.sampling import set_epoch
 from bntt.seeding import AUGMENT, crop_flip_draws
+from helpers import network
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +91,6 @@ def test_toy_dataset_augments_with_the_papers_crop_and_flip(toy, tmp_path):
 
 
 def test_toy_dataset_trains_through_the_loaders_and_a_network(toy, tmp_path):
-    from bntt.models import build_for_dataset
     train_set, test_set = make_datasets("toy", tmp_path)
     train, test = make_loaders(train_set, test_set, batch_size=5, test_batch_size=3, seed=2)
     set_epoch(train, 2, 0)
@@ -100,7 +100,7 @@ def test_toy_dataset_trains_through_the_loaders_and_a_network(toy, tmp_path):
     assert torch.cat([y for _, y in batches]).tolist() == [i % 4 for i in order]
     assert [y.tolist() for _, y in test] == [[0, 1, 2], [3]]
     torch.manual_seed(0)
-    model = build_for_dataset("vgg9", "toy", 2, 0.9)
+    model = network("vgg9", "toy", 2, 0.9)  # what train.py builds for --dataset toy
     assert isinstance(model.encoder, PoissonEncoder)
     assert model.conv1.weight.shape[1] == 2 and model.fc2.weight.shape[0] == 4
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -147,9 +147,8 @@ def test_each_entry_states_what_its_network_needs(name):
 
 
 def test_the_bundled_sequence_dataset_feeds_its_network():
-    from bntt.models import build_for_dataset
     info = dataset_info("seqfashionmnist_subset")
-    model = build_for_dataset("fc", info.name, info.sequence_steps("rows"), 0.9, fc_hidden=(8,))
+    model = network("fc", info.name, info.sequence_steps("rows"), 0.9, fc_hidden=(8,))
     assert model.num_steps == 28 and model.fc1.weight.shape == (8, info.input_features("rows"))
 
 
