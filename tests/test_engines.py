@@ -4,7 +4,6 @@ tests/test_equivalence.py."""
 import pytest
 import torch
 
-from helpers import assert_close_relative  # noqa: F401  (tests/test_sequential.py imports it from here)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])

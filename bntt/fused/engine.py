@@ -18,7 +18,7 @@ fast on a GPU.
 A block the kernels do not cover (another norm, no neuron, a residual current, a stack that
 does not start at rest) runs its norm as in multistep and its neuron as one autograd node
 (`bntt.neuron.lif_scan`), its spikes and pool channels-last. It computes
-the function of the multistep backend (tests/test_engines.py); the design and its byte counts
+the function of the multistep backend (tests/test_equivalence.py); the design and its byte counts
 are in docs/fast-engine.md.
 """
 from __future__ import annotations
