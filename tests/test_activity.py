@@ -12,7 +12,8 @@ import torch.nn.functional as F
 import analyze
 import train
 from bntt import early_exit
-from bntt.analysis import activity, check_out_dir
+from bntt.analysis import activity
+from bntt.analysis.report import check_out_dir
 from bntt.checkpoint import save_atomic
 from bntt.cli import UsageError
 from bntt.coding import SequenceEncoder
@@ -178,7 +179,7 @@ def test_energy_time_curve_and_accuracy():
     never = report["sample_exit"][-1]
     assert never["mean_steps"] == 4 and never["snn_energy_uj"] == pytest.approx(total["snn_energy_uj"])
     for row in report["sample_exit"]:
-        top1, mean_steps = early_exit.sample_exit(result.margins, result.correct, row["threshold"])
+        top1, mean_steps = early_exit.sample_exit(result.scores.margins, result.scores.correct, row["threshold"])
         assert row["top1"] == pytest.approx(top1) and row["mean_steps"] == pytest.approx(mean_steps)
         assert row["snn_energy_uj"] <= total["snn_energy_uj"] * (1 + 1e-12)
 
