@@ -114,9 +114,15 @@ class PrefixScores:
 def sample_exit(margins: torch.Tensor, correct: torch.Tensor, threshold: float) -> tuple[float, float]:
     """Per-sample exit from margins [T, N] and per-step correctness [T, N] (bool): each sample
     stops at its first step with margin >= threshold, or at T. Returns (top-1 %, mean steps)."""
-    first = exit_steps(margins, threshold)
-    hit = correct.gather(0, first.view(1, -1)).squeeze(0)
+    first, hit = sample_exits(margins, correct, threshold)
     return 100.0 * hit.float().mean().item(), (first + 1).float().mean().item()
+
+
+def sample_exits(margins: torch.Tensor, correct: torch.Tensor, threshold: float):
+    """Per sample, from margins and correctness [T, N]: the 0-based step at which it stops
+    (exit_steps) and whether its prediction is right there, [N] each."""
+    first = exit_steps(margins, threshold)
+    return first, correct.gather(0, first.view(1, -1)).squeeze(0)
 
 
 def exit_steps(margins: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -402,10 +402,10 @@ def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidenc
             for t in range(steps)]
     sample_exit = []
     for c in confidences:
-        stop = early_exit.exit_steps(scores.margins, c).view(1, -1)
-        top1 = 100.0 * scores.correct.gather(0, stop).double().mean().item()
-        energy = cumulative.gather(0, stop).mean().item()
-        sample_exit.append({"threshold": c, "top1": top1, "mean_steps": (stop + 1).double().mean().item(),
+        stop, hit = early_exit.sample_exits(scores.margins, scores.correct, c)
+        energy = cumulative.gather(0, stop.view(1, -1)).mean().item()
+        sample_exit.append({"threshold": c, "top1": 100.0 * hit.double().mean().item(),
+                            "mean_steps": (stop + 1).double().mean().item(),
                             "snn_energy_uj": energy * 1e-6,
                             "ann_over_snn": ann_pj / energy if energy else math.inf})
     return {
