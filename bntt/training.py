@@ -33,7 +33,6 @@ from bntt.data.sampling import set_epoch
 from bntt.networks import build_network
 from bntt.paper import lr_at_epoch, sgd
 from bntt.run_folder import RunLog, check_free, kept_checkpoint, run_folder, save_checkpoints
-from utill import correct_topk
 
 
 @dataclass
@@ -157,6 +156,16 @@ def restore(run: Run, ckpt: dict) -> None:
     if not 0 <= run.start_epoch <= run.cfg.num_epochs:
         raise CheckpointError(f"{source} says it finished epoch {run.start_epoch} of "
                               f"{run.cfg.num_epochs}")
+
+
+def correct_topk(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[int]:
+    """Number of samples whose target is among the k highest outputs, for each k."""
+    with torch.no_grad():
+        maxk = min(max(topk), output.shape[1])
+        pred = output.topk(maxk, 1, True, True).indices
+        correct = pred.eq(target.reshape(-1, 1))  # [B, maxk]; at most one hit per row
+        return [int(correct[:, :k].sum()) for k in topk]
+
 
 
 # -- one epoch -----------------------------------------------------------------------------

@@ -37,7 +37,6 @@ from tqdm import tqdm
 from bntt import early_exit
 from bntt.analysis.report import Report
 from bntt.analysis.scoring import prefix_logits_pass
-from bntt.ann import ANN_ARCHS
 from bntt.checkpoint import checkpoint_file
 from bntt.cli import UsageError, check_scoring_flags, pick_device, require_positive
 from bntt.coding import SequenceEncoder
@@ -647,7 +646,7 @@ def run(args) -> int:
     loader = test_loader(trained, args.data_dir, args.batch_size, args.test_samples,
                          pin_memory=device.type == "cuda")
 
-    if trained.arch in ANN_ARCHS:
+    if not trained.spiking:
         report = build_ann_report(model, ann_pass(model, loader, device), args.e_mac)
     else:
         activity = activity_pass(model, loader, device, args.eval_seed)
@@ -655,7 +654,7 @@ def run(args) -> int:
         report.update({"eval_seed": args.eval_seed, "leak_mem": model.leak_mem})
     report.update({"checkpoint": str(source), "dataset": trained.dataset, "arch": trained.arch,
                    "batch_size": args.batch_size})
-    (print_ann_report if trained.arch in ANN_ARCHS else print_report)(report)
+    (print_ann_report if not trained.spiking else print_report)(report)
     add_outputs(report, out)
     out.write()
     return 0

@@ -22,7 +22,6 @@ import torch
 from bntt import early_exit
 from bntt.analysis.report import Report
 from bntt.analysis.scoring import prefix_logits_pass
-from bntt.ann import ANN_ARCHS
 from bntt.checkpoint import checkpoint_file
 from bntt.cli import UsageError, check_scoring_flags, pick_device, require_positive
 from bntt.data import DATASETS
@@ -187,7 +186,7 @@ def run(args) -> int:
     out = Report(out_dir, plots=not args.no_plots)  # checked before the long pass, not after it
     device = pick_device(args.device)
     trained = load_trained(source, args.dataset, args.leak_mem)
-    if trained.arch in ANN_ARCHS:
+    if not trained.spiking:
         raise UsageError(f"{source} holds the ANN {trained.arch}: early exit is for spiking networks")
     try:
         model = trained.model.to(device).set_engine(args.engine)

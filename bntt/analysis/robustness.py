@@ -40,8 +40,7 @@ from tqdm import tqdm
 from bntt.analysis.attacks import (ann_logits_fn, fgsm, gaussian_noise, normaliser, pgd,
                                    snn_logits_fn, to_pixels)
 from bntt.analysis.report import Report
-from bntt.ann import ANN_ARCHS
-from bntt.checkpoint import checkpoint_file, load_checkpoint, run_folder_of
+from bntt.checkpoint import run_folder_of
 from bntt.cli import UsageError, pick_device, require
 from bntt.data import DATASETS, dataset_info
 from bntt.engines import ENGINES
@@ -116,19 +115,14 @@ def check_args(args) -> None:
 
 # -- loading ---------------------------------------------------------------------------------
 
-def _config_arch(path) -> str | None:
-    cfg = load_checkpoint(path).get("config")
-    return cfg.get("arch") if isinstance(cfg, dict) else None
-
-
 def load_networks(args) -> dict:
     """{"snn": Trained, "ann": Trained} for the networks given, checked to be of one image
     dataset."""
     nets = {}
     if args.snn:
-        if _config_arch(args.snn) in ANN_ARCHS:
-            raise UsageError(f"{checkpoint_file(args.snn)} is an ANN checkpoint: pass it with --ann")
         nets["snn"] = load_trained(args.snn, args.dataset, args.leak_mem)
+        if not nets["snn"].spiking:
+            raise UsageError(f"{nets['snn'].source} is an ANN checkpoint: pass it with --ann")
     if args.ann:
         nets["ann"] = load_trained_ann(args.ann, args.dataset)
     datasets = {key: t.dataset for key, t in nets.items()}
@@ -138,7 +132,7 @@ def load_networks(args) -> dict:
     dataset = next(iter(datasets.values()))
     info = dataset_info(dataset)
     poisson = "snn" not in nets or getattr(nets["snn"].model.encoder, "name", "") == "poisson"
-    if info.kind != "image" or not poisson:
+    if not info.poisson_images or not poisson:
         raise UsageError(f"robustness is measured on images coded as Poisson spikes; {dataset} "
                          f"serves {info.kind}")
     return nets
