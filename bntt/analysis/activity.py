@@ -298,6 +298,11 @@ class Counter(Multistep):
 
 @dataclass
 class Activity:
+    """What one pass over the test set counted, and how well it predicted at every step.
+
+        activity = activity_pass(model, loader, torch.device("cpu"), eval_seed=0)
+        report = build_report(model, activity, E_AC_45NM, E_MAC_45NM, DEFAULT_CONFIDENCES)
+    """
     counter: Counter  # spikes and operations
     scores: early_exit.PrefixScores  # the prediction after every prefix of steps
 
