@@ -250,8 +250,7 @@ def test_epoch(run: Run, desc: str) -> dict:
     if run.cfg.bntt_sync == "local":
         distributed.share_buffers(model, world)  # every process scores with rank 0's statistics
     model.eval()
-    generator = torch.Generator(device=device)
-    generator.manual_seed(run.cfg.eval_seed)
+    generator = seeding.eval_generator(run.cfg.eval_seed, device)  # the analyses' draws too
     batches = run.test_loader.batch_sampler
     loss_sum, correct1, correct5, total = 0.0, 0, 0, 0
     for k, (images, labels) in enumerate(tqdm(run.test_loader, desc=desc, leave=False,
