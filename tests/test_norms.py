@@ -129,7 +129,7 @@ def test_tdbn_trains_on_the_multistep_engine_as_its_equations_say():
     assert model.bntt1.weight.grad.abs().max() > 0 and int(model.bntt1.num_batches_tracked) == 1
 
 
-TINY = tiny_args(train_samples=128, test_samples=70, test_display_freq=1, device=None)
+TINY = tiny_args(batch_size=16, train_samples=32, test_samples=20, num_epochs=1)
 
 
 def test_a_run_records_its_norm_and_the_evaluator_keeps_the_gamma_rule_to_bntt(tmp_path, capsys):
