@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -36,14 +35,13 @@ from tqdm import tqdm
 
 from bntt import early_exit
 from bntt.analysis.report import Report
-from bntt.analysis.scoring import prefix_logits_pass
-from bntt.checkpoint import checkpoint_file
-from bntt.cli import UsageError, check_scoring_flags, pick_device, require_positive
+from bntt.analysis.scoring import open_checkpoint, prefix_logits_pass
+from bntt.cli import UsageError, check_scoring_flags, require_positive
 from bntt.coding import SequenceEncoder
 from bntt.data import DATASETS
 from bntt.blocks import blocks
 from bntt.engines import MULTISTEP, Multistep, run_steps, running_on
-from bntt.trained import load_trained, test_loader
+from bntt.trained import test_loader
 
 # Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm: a 32-bit float add costs 0.9 pJ,
 # a multiply 3.7 pJ, so a multiply-accumulate 4.6 pJ. The paper compares with these.
@@ -642,11 +640,7 @@ def _check(args) -> None:
 
 def run(args) -> int:
     _check(args)
-    source = checkpoint_file(args.checkpoint)
-    out_dir = Path(args.out_dir) if args.out_dir else source.parent / "activity"
-    out = Report(out_dir, plots=not args.no_plots)  # checked before the long pass, not after it
-    device = pick_device(args.device)
-    trained = load_trained(source, args.dataset, args.leak_mem)
+    source, out, device, trained = open_checkpoint(args, "activity")
     model = trained.model.to(device)
     loader = test_loader(trained, args.data_dir, args.batch_size, args.test_samples,
                          pin_memory=device.type == "cuda")

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
 from bntt import early_exit
 from bntt.analysis.report import Report
-from bntt.analysis.scoring import prefix_logits_pass
-from bntt.checkpoint import checkpoint_file
-from bntt.cli import UsageError, check_scoring_flags, pick_device, require_positive
+from bntt.analysis.scoring import open_checkpoint, prefix_logits_pass
+from bntt.cli import UsageError, check_scoring_flags, require_positive
 from bntt.data import DATASETS
 from bntt.engines import ENGINES
-from bntt.trained import load_trained, test_loader
+from bntt.trained import test_loader
 
 DEFAULT_CONFIDENCES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
@@ -181,11 +179,7 @@ def run(args) -> int:
     require_positive([(args.exit_threshold, "--exit_threshold")]
                      + [(c, "--confidence") for c in args.confidence])
     check_scoring_flags(args)
-    source = checkpoint_file(args.checkpoint)
-    out_dir = Path(args.out_dir) if args.out_dir else source.parent / "early_exit"
-    out = Report(out_dir, plots=not args.no_plots)  # checked before the long pass, not after it
-    device = pick_device(args.device)
-    trained = load_trained(source, args.dataset, args.leak_mem)
+    source, out, device, trained = open_checkpoint(args, "early_exit")
     if not trained.spiking:
         raise UsageError(f"{source} holds the ANN {trained.arch}: early exit is for spiking networks")
     try:

@@ -3,14 +3,30 @@ network in eval mode, its Poisson input drawn from seeding.eval_generator(eval_s
 train.py's test pass draws it, and the logits after every prefix of steps."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
 
 from bntt import early_exit
-from bntt.cli import UsageError, autocast
+from bntt.analysis.report import Report
+from bntt.checkpoint import checkpoint_file
+from bntt.cli import UsageError, autocast, pick_device
 from bntt.seeding import eval_generator
+from bntt.trained import Trained, load_trained
+
+
+def open_checkpoint(args, name: str) -> tuple:
+    """What an analysis of one checkpoint starts from: (the checkpoint file, its Report in
+    --out_dir or <run folder>/<name>, the device, the trained network). The output folder is
+    checked first, so that a bad one stops the command before the long pass, not after it."""
+    source = checkpoint_file(args.checkpoint)
+    out = Report(Path(args.out_dir) if args.out_dir else source.parent / name,
+                 plots=not args.no_plots)
+    device = pick_device(args.device)
+    trained: Trained = load_trained(source, args.dataset, args.leak_mem)
+    return source, out, device, trained
 
 
 def prefix_logits_pass(model, loader, device, eval_seed: int = 0, amp: bool = False,
