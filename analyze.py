@@ -1,6 +1,8 @@
 """Analyses of trained checkpoints, one subcommand each; every one prints a table and writes
 JSON, CSV, TensorBoard events and a figure (when matplotlib is installed) into --out_dir.
 
+    python analyze.py early-exit --checkpoint runs/<run>   # accuracy after every step, BNTT's
+                                                           # gammas, exit rules (= evaluate.py)
     python analyze.py activity --checkpoint runs/<run>     # spike rates per layer and step, energy
                                                            # (of an ANN twin: its MACs)
     python analyze.py robustness --snn runs/<snn run> --ann runs/<ann run>   # noise, FGSM, PGD
@@ -17,7 +19,8 @@ import sys
 from bntt.cli import run_cli
 
 # subcommand: the module that adds its arguments (add_arguments) and runs it (run)
-SUBCOMMANDS = {"activity": "bntt.analysis.activity", "robustness": "bntt.analysis.robustness"}
+SUBCOMMANDS = {"early-exit": "bntt.analysis.early_exit_report", "activity": "bntt.analysis.activity",
+               "robustness": "bntt.analysis.robustness"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,233 +8,27 @@ confidence exit, in one pass over the test set.
 Works with checkpoints of train.py and of the authors' train.py (whose files do not record
 leak_mem or the dataset: pass them). Writes into --out_dir (default: <checkpoint folder>/
 early_exit): early_exit.json, accuracy_per_step.csv, gamma.csv, sample_exit.csv, TensorBoard
-events, and gamma.png / accuracy.png when matplotlib is installed.
+events, and gamma.png / accuracy.png when matplotlib is installed. `python analyze.py early-exit`
+is the same command (bntt/analysis/early_exit_report.py).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from bntt import early_exit
-from bntt.analysis import check_out_dir, csv_bytes, make_out_dir, write_report
-from bntt.ann import ANN_ARCHS
-from bntt.checkpoint import EventFile, checkpoint_file
-from bntt.cli import (UsageError, autocast, check_scoring_flags, pick_device, pyplot,
-                      require_positive, run_cli)
-from bntt.data import DATASETS
-from bntt.engines import ENGINES
-from bntt.trained import load_trained, test_loader
-from utill import correct_topk
-
-DEFAULT_CONFIDENCES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+from bntt.analysis import early_exit_report
+from bntt.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True,
-                   help="a .pt file, or a run folder (its last.pt; name best.pt to score that)")
-    p.add_argument("--exit_threshold", type=float, default=0.1,
-                   help="alpha of the gamma rule: exit at the first step where every BNTT layer's "
-                        "mean gamma is below it (default: 0.1)")
-    p.add_argument("--confidence", type=float, nargs="+", default=list(DEFAULT_CONFIDENCES),
-                   help="softmax-margin thresholds of the per-sample exit")
-    p.add_argument("--eval_seed", type=int, default=0, help="seed of the Poisson draws (default: 0)")
-    p.add_argument("--batch_size", type=int, default=256)
-    p.add_argument("--dataset", choices=list(DATASETS), help="default: the checkpoint's")
-    p.add_argument("--leak_mem", type=float, help="default: the checkpoint's")
-    p.add_argument("--data_dir", default=None, help="default: the checkpoint's, else ./data")
-    p.add_argument("--test_samples", type=int, default=0, help="only the first N test images")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--engine", default="auto", choices=ENGINES)
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA or CPU)")
-    p.add_argument("--num_workers", type=int, default=0)
-    p.add_argument("--out_dir", default=None)
-    p.add_argument("--no_plots", action="store_true", help="skip the PNG figures")
-    return p
-
-
-@torch.no_grad()
-def per_step_pass(model, loader, device, amp, eval_seed):
-    """One pass: per-step top-1/top-5 counts [T], and per sample the softmax margin and the
-    correctness of the prediction after every step, [T, N] each."""
-    model.eval()
-    generator = torch.Generator(device=device)
-    generator.manual_seed(eval_seed)
-    steps = model.num_steps
-    top1, top5 = torch.zeros(steps, dtype=torch.long), torch.zeros(steps, dtype=torch.long)
-    margins, correct = [], []
-    for images, labels in tqdm(loader, desc="early-exit evaluation", leave=False, dynamic_ncols=True):
-        images, labels = images.to(device), labels.to(device)
-        with autocast(device, amp):
-            logits = early_exit.cumulative_logits(model, model.encode(images, generator))
-        for t in range(steps):
-            c1, c5 = correct_topk(logits[t], labels, topk=(1, 5))
-            top1[t] += c1
-            top5[t] += c5
-        margins.append(early_exit.softmax_margin(logits).float().cpu())
-        correct.append((logits.argmax(-1) == labels).cpu())
-    return top1, top5, torch.cat(margins, 1), torch.cat(correct, 1)
-
-
-def build_report(model, top1, top5, margins, correct, alpha, confidences) -> dict:
-    n = margins.shape[1]
-    acc1 = (100.0 * top1.double() / n).tolist()
-    acc5 = (100.0 * top5.double() / n).tolist()
-    steps = model.num_steps
-    if model.bntt_layers():
-        gammas = early_exit.gamma_statistics(model)
-        exit_step = early_exit.gamma_exit_step(gammas.mean, alpha)
-        gamma_exit = {"alpha": alpha, "exit_step": exit_step, "top1_at_exit": acc1[exit_step - 1],
-                      "top1_full": acc1[-1], "steps_saved": steps - exit_step,
-                      "triggered": bool((gammas.mean[:, exit_step - 1] < alpha).all()),
-                      "applicable": True}
-    else:  # the ablation's other normalisations have no gamma per step
-        gammas = early_exit.GammaStats([], *[torch.zeros(0, steps)] * 4)
-        gamma_exit = {"alpha": alpha, "exit_step": steps, "top1_at_exit": acc1[-1],
-                      "top1_full": acc1[-1], "steps_saved": 0, "triggered": False,
-                      "applicable": False,
-                      "note": f"the gamma rule applies to BNTT only; this network uses norm {model.norm}"}
-    return {
-        "num_steps": steps, "test_images": n,
-        "per_step": [{"t": t + 1, "top1": acc1[t], "top5": acc5[t]} for t in range(steps)],
-        "gamma": [{"layer": name, "t": t + 1, "mean": gammas.mean[i, t].item(),
-                   "std": gammas.std[i, t].item(), "min": gammas.min[i, t].item(),
-                   "max": gammas.max[i, t].item()}
-                  for i, name in enumerate(gammas.layers) for t in range(steps)],
-        "gamma_exit": gamma_exit,
-        "sample_exit": [dict(zip(("threshold", "top1", "mean_steps"),
-                                 (c, *early_exit.sample_exit(margins, correct, c))))
-                        for c in confidences],
-    }
-
-
-def print_report(report: dict, layers: list) -> None:
-    steps = report["num_steps"]
-    print(f"\naccuracy after t of {steps} steps ({report['test_images']} test images)")
-    print(f"{'t':>3} {'top-1':>7} {'top-5':>7}   mean gamma: " + " ".join(f"{n:>8}" for n in layers))
-    means = {(g["layer"], g["t"]): g["mean"] for g in report["gamma"]}
-    for row in report["per_step"]:
-        t = row["t"]
-        print(f"{t:>3} {row['top1']:>7.2f} {row['top5']:>7.2f}               "
-              + " ".join(f"{means[(n, t)]:>8.4f}" for n in layers))
-    ge = report["gamma_exit"]
-    when = (f"step {ge['exit_step']} of {steps}" if ge["triggered"]
-            else f"never (every step has a layer with mean gamma >= {ge['alpha']:g}), so all {steps} steps")
-    if not ge["applicable"]:
-        print(f"\ngamma exit: not applicable ({ge['note']})")
-    else:
-        print(f"\ngamma exit (alpha={ge['alpha']:g}): {when}: top-1 {ge['top1_at_exit']:.2f}% vs "
-              f"{ge['top1_full']:.2f}% at T={steps}, {ge['steps_saved']} steps saved")
-    print("\nper-sample exit (softmax margin >= threshold)")
-    print(f"{'threshold':>9} {'top-1':>7} {'mean steps':>10}")
-    for row in report["sample_exit"]:
-        print(f"{row['threshold']:>9g} {row['top1']:>7.2f} {row['mean_steps']:>10.2f}")
-
-
-def write_outputs(report: dict, layers: list, out_dir: Path, plots: bool) -> list:
-    files = {
-        "early_exit.json": (json.dumps(report, indent=2) + "\n").encode(),
-        "accuracy_per_step.csv": csv_bytes(report["per_step"]),
-        "gamma.csv": csv_bytes(report["gamma"]),
-        "sample_exit.csv": csv_bytes(report["sample_exit"]),
-    }
-    events = EventFile(out_dir)
-    for row in report["per_step"]:
-        events.scalar("early_exit/top1_after_t_steps", row["top1"], row["t"])
-    for g in report["gamma"]:
-        events.scalar(f"early_exit/gamma_mean/{g['layer']}", g["mean"], g["t"])
-    for i, row in enumerate(report["sample_exit"]):
-        events.scalar("early_exit/sample_exit_top1", row["top1"], i)
-        events.scalar("early_exit/sample_exit_mean_steps", row["mean_steps"], i)
-    events.text("early_exit/summary", json.dumps(report["gamma_exit"]))
-    written = write_report(out_dir, files, events)
-    if plots:
-        written += plot(report, layers, out_dir)
-    return written
-
-
-def plot_gammas(plt, ts, layers, means, ge, out_dir: Path) -> str:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in layers:
-        ax.plot(ts, [means[(name, t)] for t in ts], label=name)
-    ax.axhline(ge["alpha"], color="k", linestyle="--", linewidth=1, label=f"alpha = {ge['alpha']:g}")
-    if ge["triggered"]:
-        ax.axvline(ge["exit_step"], color="r", linestyle=":", label=f"exit at t = {ge['exit_step']}")
-    ax.set(xlabel="time step t", ylabel="mean gamma", title="BNTT gamma through time")
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out_dir / "gamma.png", dpi=120)
-    plt.close(fig)
-    return "gamma.png"
-
-
-def plot(report: dict, layers: list, out_dir: Path) -> list:
-    plt = pyplot()
-    if plt is None:
-        return []
-
-    steps = report["num_steps"]
-    ts = list(range(1, steps + 1))
-    ge = report["gamma_exit"]
-    means = {(g["layer"], g["t"]): g["mean"] for g in report["gamma"]}
-    written = []
-    if layers:  # no gamma per step outside BNTT
-        written.append(plot_gammas(plt, ts, layers, means, ge, out_dir))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(ts, [r["top1"] for r in report["per_step"]], marker="o", markersize=3,
-            label="all samples stop after t steps")
-    ax.plot([r["mean_steps"] for r in report["sample_exit"]], [r["top1"] for r in report["sample_exit"]],
-            marker="s", markersize=3, label="per-sample exit (softmax margin)")
-    if ge["applicable"]:
-        label = (f"gamma exit (alpha={ge['alpha']:g}): t={ge['exit_step']}, {ge['top1_at_exit']:.2f}%"
-                 if ge["triggered"] else f"gamma rule (alpha={ge['alpha']:g}) never fires: all {steps} steps")
-        ax.plot([ge["exit_step"]], [ge["top1_at_exit"]], marker="*", markersize=14, color="r",
-                linestyle="", label=label)
-    ax.set(xlabel="time steps (mean over samples for the per-sample exit)", ylabel="test top-1 (%)",
-           title="accuracy vs latency")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "accuracy.png", dpi=120)
-    plt.close(fig)
-    return written + ["accuracy.png"]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    early_exit_report.add_arguments(parser)
+    return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    require_positive([(args.exit_threshold, "--exit_threshold")]
-                     + [(c, "--confidence") for c in args.confidence])
-    check_scoring_flags(args)
-    source = checkpoint_file(args.checkpoint)
-    out_dir = Path(args.out_dir) if args.out_dir else source.parent / "early_exit"
-    check_out_dir(out_dir)  # before the long pass, not after it
-    device = pick_device(args.device)
-    trained = load_trained(source, args.dataset, args.leak_mem)
-    if trained.arch in ANN_ARCHS:
-        raise UsageError(f"{source} holds the ANN {trained.arch}: early exit is for spiking networks")
-    try:
-        model = trained.model.to(device).set_engine(args.engine)
-    except RuntimeError as err:
-        raise UsageError(f"--engine {args.engine}: {err}") from None
-    loader = test_loader(trained, args.data_dir, args.batch_size, args.test_samples, args.num_workers,
-                         pin_memory=device.type == "cuda")
-
-    top1, top5, margins, correct = per_step_pass(model, loader, device, args.amp, args.eval_seed)
-    layers = [name for name, _ in model.bntt_layers()]
-    report = build_report(model, top1, top5, margins, correct, args.exit_threshold, args.confidence)
-    report.update({"checkpoint": str(source), "dataset": trained.dataset, "eval_seed": args.eval_seed,
-                   "batch_size": args.batch_size, "arch": trained.arch,
-                   "leak_mem": model.leak_mem})
-    print_report(report, layers)
-    make_out_dir(out_dir)
-    written = write_outputs(report, layers, out_dir, plots=not args.no_plots)
-    print(f"\nwrote {', '.join(written)} and TensorBoard events to {out_dir}")
-    return 0
+    return early_exit_report.run(build_parser().parse_args(argv))
 
 
 def cli(argv=None) -> int:

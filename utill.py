@@ -1,20 +1,13 @@
 """Meters, top-k accuracy and the learning-rate schedule (the authors' utills.py, corrected).
-The schedule is the paper's recipe and lives beside its optimiser in bntt/paper.py; it is
-re-exported here under the authors' module name."""
+The schedule is the paper's recipe and lives beside its optimiser in bntt/paper.py, and the
+top-k count is train.py's, in bntt/training.py; both are re-exported here under the authors'
+module name."""
 from __future__ import annotations
 
 import torch
 
 from bntt.paper import lr_at_epoch, lr_milestones  # noqa: F401 (re-exported)
-
-
-def correct_topk(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[int]:
-    """Number of samples whose target is among the k highest outputs, for each k."""
-    with torch.no_grad():
-        maxk = min(max(topk), output.shape[1])
-        pred = output.topk(maxk, 1, True, True).indices
-        correct = pred.eq(target.reshape(-1, 1))  # [B, maxk]; at most one hit per row
-        return [int(correct[:, :k].sum()) for k in topk]
+from bntt.training import correct_topk  # noqa: F401 (re-exported)
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[torch.Tensor]:

@@ -30,9 +30,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bntt.neuron import feeds_membrane_norm
-
-
 class TimeState:
     """Where one pass over time stands: the first step of the stack being run, and the
     membrane potential every block left at the end of the previous stack (none: at rest)."""
@@ -141,11 +138,9 @@ class SpikingBlock(nn.Module):
     def current(self, a: torch.Tensor, first_step: int = 0,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
         """The neuron's input for a stack of synaptic currents a [n, B, ...] of steps
-        first_step..: the norm over all of them in one call, plus the residual current. With
-        MPBN the current records the membrane's BatchNorm for `bntt.neuron.lif_scan`."""
+        first_step..: the norm over all of them in one call, plus the residual current."""
         z = self.norm(a, first_step=first_step) if self.norm is not None else a
-        z = z if residual is None else z + residual
-        return feeds_membrane_norm(z, self.membrane_norm) if self.neuron is not None else z
+        return z if residual is None else z + residual
 
     def fire(self, a: torch.Tensor, u: torch.Tensor | None = None, first_step: int = 0,
              residual: torch.Tensor | None = None):

@@ -25,7 +25,7 @@ from bntt.data import DATASETS
 from bntt.engines import ENGINES
 from bntt.names import check_name
 from bntt.networks import ARCHS, SPIKING_ARCHS
-from bntt.norms import NORMS
+from bntt.norms import NORMS, TRAINS_ON_ALL_STEPS
 
 SEED_RANGE = 2 ** 32  # NumPy's seeds are 32-bit
 # Upper bounds, so that a typo is one line rather than an allocation failure or a fork storm:
@@ -134,9 +134,9 @@ class Config:
             (self.train_samples >= 0 and self.test_samples >= 0,
              "train_samples and test_samples must be >= 0"),
             (0 <= self.seed < SEED_RANGE, f"seed must be in 0..{SEED_RANGE - 1}, got {self.seed}"),
-            (not (self.norm == "tdbn" and self.engine == "reference"),
-             "norm tdbn normalises over all steps at once: train it with --engine multistep, "
-             "fused or auto, not reference"),
+            (not (self.norm in TRAINS_ON_ALL_STEPS and self.engine == "reference"),
+             f"norm {self.norm} normalises over all steps at once: train it with --engine "
+             "multistep, cpu, fused or auto, not reference"),
             (0 <= self.eval_seed < SEED_RANGE,
              f"eval_seed must be in 0..{SEED_RANGE - 1}, got {self.eval_seed}"),
             (plain_folder_name(self.run_name) or not self.run_name,

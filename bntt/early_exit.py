@@ -72,12 +72,57 @@ def softmax_margin(logits: torch.Tensor) -> torch.Tensor:
     return top2[..., 0] - top2[..., 1]
 
 
+class PrefixScores:
+    """The prediction after every prefix of steps, scored over batches: the correct top-1 and
+    top-5 counts after each step, [T] each, and per sample the softmax margin and whether the
+    top-1 class is right after each step, [T, N] each (what sample_exit takes).
+
+        scores = PrefixScores(model.num_steps)
+        scores.add(cumulative_logits(model, model.encode(images)), labels)
+        top1_after_t = 100 * scores.top1 / scores.images
+    """
+
+    def __init__(self, steps: int):
+        self.top1 = torch.zeros(steps, dtype=torch.long)
+        self.top5 = torch.zeros(steps, dtype=torch.long)
+        self.images = 0
+        self._margins, self._correct = [], []
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Logits after each prefix [T, B, classes] (prefix_logits) of images labelled [B]."""
+        # Classes ranked as utill.correct_topk ranks them (train.py's test top-1): where logits
+        # tie (no spike reached the readout) topk(5), topk(1) and argmax can differ.
+        ranked = logits.topk(min(5, logits.shape[-1]), -1, True, True).indices
+        hits = ranked == labels.view(1, -1, 1)
+        self.top1 += hits[..., 0].sum(1).cpu()
+        self.top5 += hits.any(-1).sum(1).cpu()
+        self._margins.append(softmax_margin(logits).float().cpu())
+        self._correct.append(hits[..., 0].cpu())
+        self.images += labels.shape[0]
+
+    @property
+    def margins(self) -> torch.Tensor:
+        self._margins = [torch.cat(self._margins, 1)]
+        return self._margins[0]
+
+    @property
+    def correct(self) -> torch.Tensor:
+        self._correct = [torch.cat(self._correct, 1)]
+        return self._correct[0]
+
+
 def sample_exit(margins: torch.Tensor, correct: torch.Tensor, threshold: float) -> tuple[float, float]:
     """Per-sample exit from margins [T, N] and per-step correctness [T, N] (bool): each sample
     stops at its first step with margin >= threshold, or at T. Returns (top-1 %, mean steps)."""
-    first = exit_steps(margins, threshold)
-    hit = correct.gather(0, first.view(1, -1)).squeeze(0)
+    first, hit = sample_exits(margins, correct, threshold)
     return 100.0 * hit.float().mean().item(), (first + 1).float().mean().item()
+
+
+def sample_exits(margins: torch.Tensor, correct: torch.Tensor, threshold: float):
+    """Per sample, from margins and correctness [T, N]: the 0-based step at which it stops
+    (exit_steps) and whether its prediction is right there, [N] each."""
+    first = exit_steps(margins, threshold)
+    return first, correct.gather(0, first.view(1, -1)).squeeze(0)
 
 
 def exit_steps(margins: torch.Tensor, threshold: float) -> torch.Tensor:

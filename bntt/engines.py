@@ -30,7 +30,7 @@ computes its stack, is the backend's choice:
   where it was measured fastest (docs/speed.md, section CPU); `multistep` on other devices.
 
 A backend that cannot run a block one way runs it another, block by block, and all of them
-compute the same function (tests/test_engines.py). `set_engine(module, name)` resolves the name
+compute the same function (tests/test_equivalence.py). `set_engine(module, name)` resolves the name
 once for any module tree and gives its weights the memory format the backend wants.
 """
 from __future__ import annotations
@@ -133,7 +133,8 @@ class Cpu(Backend):
         z = block.current(a, first_step, residual)
         if neuron is None:
             return z, None
-        s, u = lif_scan(z, neuron.leak, neuron.threshold, u0, out_dtype, memory_format)
+        s, u = lif_scan(z, neuron.leak, neuron.threshold, u0, out_dtype, memory_format,
+                        block.membrane_norm)
         if memory_format is not None:
             s = s.unflatten(0, (steps, batch))
         return block.pool_stack(s), u

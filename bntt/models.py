@@ -79,11 +79,13 @@ class SpikingNetwork(nn.Module):
     def leak_mem(self) -> float:
         return self.neuron.leak
 
-    def norm_layer(self, num_features: int, residual: bool = False) -> nn.Module:
+    def norm_layer(self, num_features: int, residual: bool = False, fires: bool = True) -> nn.Module:
         """The --norm of this network for a layer of `num_features` channels; `residual`: one
-        of the two branches of a residual add (tdBN scales those by 1 / sqrt(2))."""
+        of the two branches of a residual add (tdBN scales those by 1 / sqrt(2)); `fires`:
+        False for a current that no neuron of its own receives (a shortcut), which MPBN's
+        BatchNorm of the membrane then does not have."""
         return make_norm(self.norm, num_features, self.num_steps,
-                         alpha=1 / math.sqrt(2) if residual else 1.0)
+                         alpha=1 / math.sqrt(2) if residual else 1.0, fires=fires)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -275,11 +277,13 @@ class ResidualBlock(nn.Module):
     """tdBN's basic residual block (Zheng et al. 2021): two 3x3 conv blocks, and a shortcut
     whose current is added to the second block's normalised current before its neuron fires.
     The shortcut is the input spikes, or, where the shape changes, a 1x1 conv and its norm.
+    `norm_layer(channels, residual=False, fires=True)` makes each norm (`norm_layer` of
+    SpikingNetwork).
 
     Example::
 
         neuron = LIFNeuron(leak=0.95)
-        block = ResidualBlock(64, 128, stride=2, norm_layer=lambda c, residual=False: BNTT(c, 25),
+        block = ResidualBlock(64, 128, stride=2, norm_layer=lambda c, **_: BNTT(c, 25),
                               neuron=neuron)
         s = block(x)                         # x [25, B, 64, 32, 32] -> spikes [25, B, 128, 16, 16]
     """
@@ -294,7 +298,7 @@ class ResidualBlock(nn.Module):
         self.shortcut = None
         if stride != 1 or in_channels != channels:
             self.shortcut = SpikingBlock(conv(in_channels, 1, stride),
-                                         norm_layer(channels, residual=True))
+                                         norm_layer(channels, residual=True, fires=False))
 
     def forward(self, x: torch.Tensor, state: TimeState | None = None) -> torch.Tensor:
         state = state or TimeState()

@@ -18,7 +18,7 @@ from bntt.data import dataset_info
 from bntt.models import SNN_VGG9_BNTT, SNN_VGG11_BNTT, SpikingFC, SpikingResNet19
 from bntt.names import check_name
 
-# What a dataset's samples are, in words (bntt.data.DatasetInfo.kind).
+# What a dataset's samples are, in words (the `kind` of its registry entry, bntt/data/info.py).
 SAMPLES = {"image": "images", "frames": "event frames", "sequence": "sequences"}
 
 
@@ -31,7 +31,7 @@ def _convolutional(cls):
 
 
 def _fully_connected(cfg, info, encoder):
-    return SpikingFC(cfg.num_steps, cfg.leak_mem, encoder.features(info.img_size),
+    return SpikingFC(cfg.num_steps, cfg.leak_mem, info.input_features(cfg.seq_order),
                      cfg.fc_hidden_sizes, info.num_cls, cfg.engine, encoder, cfg.norm)
 
 

@@ -182,17 +182,9 @@ def _step_views(spikes, steps: int, memory_format):
     return spikes.unbind(0) if memory_format is None else spikes.unflatten(0, (steps, -1)).unbind(0)
 
 
-def feeds_membrane_norm(z: torch.Tensor, membrane) -> torch.Tensor:
-    """Record on the neurons' input z that their membrane is normalised by `membrane` before
-    they fire (MPBN; None records nothing), for `lif_scan`, which the backends call with the
-    leak and the threshold alone. Returns z."""
-    if membrane is not None:
-        z._bntt_membrane_norm = membrane
-    return z
-
-
 def lif_scan(z: torch.Tensor, leak: float, threshold: float = THRESHOLD,
-             u0: torch.Tensor | None = None, spike_dtype=None, memory_format=None):
+             u0: torch.Tensor | None = None, spike_dtype=None, memory_format=None,
+             membrane=None):
     """The spike train of LIF neurons driven by z [T, B, ...] from membrane potential u0 (None:
     at rest), and the membrane potential u_T it leaves: what T calls of `lif_step` return, as
     one autograd node instead of about six per step, keeping only the membrane potentials v_t
@@ -203,10 +195,10 @@ def lif_scan(z: torch.Tensor, leak: float, threshold: float = THRESHOLD,
     laid out as z ([T, B, ...]), or, with `memory_format`, as one [T * B, ...] stack in that
     format: what a convolution over all T steps at once is fed. Returns (spikes, u_T).
 
-    Neurons whose membrane is normalised before they fire (MPBN, `feeds_membrane_norm`) are
-    stepped by `lif_step` instead: that BatchNorm takes each step's statistics in turn.
+    With `membrane`, MPBN's BatchNorm of the membrane (the block's `membrane_norm`), the
+    neurons are stepped by `lif_step` instead: that BatchNorm takes each step's statistics in
+    turn.
     """
-    membrane = getattr(z, "_bntt_membrane_norm", None)
     if membrane is not None:
         spikes, u = [], u0
         for z_t in z.unbind(0):

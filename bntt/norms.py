@@ -297,6 +297,7 @@ class MPBN(_OverAllSteps):
     BatchNorm over all steps (gamma, beta), and `membrane`, the BatchNorm of the membrane
     potential that the block hands to its neuron (bntt/blocks.py), so one LIF neuron still
     serves every layer. Both are kept under the layer's name (bntt1.*, bntt1.membrane.*).
+    A shortcut's MPBN (`membrane=False`) is the first BatchNorm alone.
 
     Example::
 
@@ -308,9 +309,10 @@ class MPBN(_OverAllSteps):
     kind = "mpbn"
 
     def __init__(self, num_features: int, num_steps: int | None = None, eps: float = BN_EPS,
-                 momentum: float = BN_MOMENTUM):
+                 momentum: float = BN_MOMENTUM, membrane: bool = True):
         super().__init__(num_features, num_steps, eps, momentum)
-        self.membrane = MembraneBN(num_features, eps, momentum)
+        # membrane=False: the current of a residual shortcut, which no neuron of its own fires on
+        self.membrane = MembraneBN(num_features, eps, momentum) if membrane else None
 
     def forward(self, x: torch.Tensor, t: int | None = None, first_step: int = 0) -> torch.Tensor:
         return self._over_all_steps(x, t, first_step, self.weight)
@@ -327,11 +329,16 @@ class NoNorm(nn.Module):
         return x
 
 
-def make_norm(kind: str, num_features: int, num_steps: int, alpha: float = 1.0) -> nn.Module:
+def make_norm(kind: str, num_features: int, num_steps: int, alpha: float = 1.0,
+              fires: bool = True) -> nn.Module:
     """The normalisation `kind` (one of NORMS) for a layer of `num_features` channels over
-    `num_steps` steps; `alpha` is tdBN's (1 / sqrt(2) on the two branches of a residual add)."""
+    `num_steps` steps; `alpha` is tdBN's (1 / sqrt(2) on the two branches of a residual add);
+    `fires=False`: no neuron receives this current directly (a residual shortcut), so MPBN has
+    no BatchNorm of the membrane there."""
     if kind == "tdbn":
         return TDBN(num_features, num_steps, alpha=alpha)
+    if kind == "mpbn":
+        return MPBN(num_features, num_steps, membrane=fires)
     return {"bntt": BNTT, "bn": SharedBN, "tebn": TEBN, "tab": TAB, "mpbn": MPBN,
             "none": NoNorm}[kind](num_features, num_steps)
 

@@ -11,6 +11,10 @@ Training draws three kinds of random numbers (docs/spec.md, section 6):
 So the same seed trains on the same batches with the same spikes on 1 process or 8, with any
 --num_workers, and an epoch can be replayed from its number alone.
 
+Scoring a network (the test pass of training, evaluate.py, the analyses) draws its Poisson
+spikes from `eval_generator(eval_seed)`: a generator seeded with the number itself, so that a
+score can be redone from the eval_seed a run records.
+
 The hash is SplitMix64 (Steele, Lea and Flood, OOPSLA 2014), a bijective 64-bit mixer, chained
 over the keys; vectorised over NumPy uint64 arrays, whose arithmetic wraps modulo 2^64.
 """
@@ -53,6 +57,17 @@ def generator(*keys, device="cpu") -> torch.Generator:
     """A torch.Generator on `device` seeded from the keys."""
     gen = torch.Generator(device=device)
     gen.manual_seed(stream_seed(*keys))
+    return gen
+
+
+def eval_generator(seed: int, device="cpu") -> torch.Generator:
+    """A generator on `device` seeded with `seed` as it is (not hashed): that of the Poisson
+    draws of a scoring pass, and of the analyses' other draws from a seed given by the user.
+
+        spikes = model.encode(images, eval_generator(0, images.device))
+    """
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
     return gen
 
 

@@ -33,7 +33,6 @@ from bntt.data.sampling import set_epoch
 from bntt.networks import build_network
 from bntt.paper import lr_at_epoch, sgd
 from bntt.run_folder import RunLog, check_free, kept_checkpoint, run_folder, save_checkpoints
-from utill import correct_topk
 
 
 @dataclass
@@ -159,6 +158,16 @@ def restore(run: Run, ckpt: dict) -> None:
                               f"{run.cfg.num_epochs}")
 
 
+def correct_topk(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[int]:
+    """Number of samples whose target is among the k highest outputs, for each k."""
+    with torch.no_grad():
+        maxk = min(max(topk), output.shape[1])
+        pred = output.topk(maxk, 1, True, True).indices
+        correct = pred.eq(target.reshape(-1, 1))  # [B, maxk]; at most one hit per row
+        return [int(correct[:, :k].sum()) for k in topk]
+
+
+
 # -- one epoch -----------------------------------------------------------------------------
 
 class GammaGradients:
@@ -241,8 +250,7 @@ def test_epoch(run: Run, desc: str) -> dict:
     if run.cfg.bntt_sync == "local":
         distributed.share_buffers(model, world)  # every process scores with rank 0's statistics
     model.eval()
-    generator = torch.Generator(device=device)
-    generator.manual_seed(run.cfg.eval_seed)
+    generator = seeding.eval_generator(run.cfg.eval_seed, device)  # the analyses' draws too
     batches = run.test_loader.batch_sampler
     loss_sum, correct1, correct5, total = 0.0, 0, 0, 0
     for k, (images, labels) in enumerate(tqdm(run.test_loader, desc=desc, leave=False,

@@ -59,6 +59,16 @@ needs_triton_interpreter = pytest.mark.skipif(
                                   "(fixed in Triton 3.7); see tests/helpers.py")
 
 
+def assert_close_relative(actual, expected, rel, what):
+    """max |actual - expected| <= rel * max |expected|: relative to the tensor's scale, so a
+    float32 sum that lands a few ulps away from a near-zero element is not a failure, while a
+    single flipped spike (an O(1) change) is."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    scale = expected.abs().max().item()
+    error = (actual - expected).abs().max().item()
+    assert error <= rel * scale, f"{what}: max error {error:.3g} > {rel:g} x {scale:.3g}"
+
+
 def randomize_bntt(model, generator=None):
     """Give every BNTT layer non-trivial gammas and running statistics (as after training), so
     that eval mode and the per-step indexing are really exercised."""

@@ -2,6 +2,7 @@
 of hand-set networks, the ANN's MACs, the energy-vs-time curve, `analyze.py activity`."""
 import itertools
 import json
+import math
 import os
 
 import pytest
@@ -12,11 +13,13 @@ import torch.nn.functional as F
 import analyze
 import train
 from bntt import early_exit
-from bntt.analysis import activity, check_out_dir
-from bntt.checkpoint import save_atomic
+from bntt.analysis import activity
+from bntt.analysis.report import Report, check_out_dir
+from bntt.checkpoint import WriteError, save_atomic
 from bntt.cli import UsageError
 from bntt.coding import SequenceEncoder
 from bntt.models import build_model
+from bntt.norms import NORMS
 from bntt.trained import load_trained
 from bntt.trained import test_loader as scoring_loader  # not collected as a test
 from fixtures import write_fashion_mnist
@@ -178,7 +181,7 @@ def test_energy_time_curve_and_accuracy():
     never = report["sample_exit"][-1]
     assert never["mean_steps"] == 4 and never["snn_energy_uj"] == pytest.approx(total["snn_energy_uj"])
     for row in report["sample_exit"]:
-        top1, mean_steps = early_exit.sample_exit(result.margins, result.correct, row["threshold"])
+        top1, mean_steps = early_exit.sample_exit(result.scores.margins, result.scores.correct, row["threshold"])
         assert row["top1"] == pytest.approx(top1) and row["mean_steps"] == pytest.approx(mean_steps)
         assert row["snn_energy_uj"] <= total["snn_energy_uj"] * (1 + 1e-12)
 
@@ -305,8 +308,8 @@ def direct_counts(run, images, batch):
 
     run = model.neuron.run  # every spiking block's neuron: its spikes before any pool
 
-    def counted_run(z, u=None):
-        s, u = run(z, u)
+    def counted_run(z, u=None, membrane=None):
+        s, u = run(z, u, membrane)
         count_spikes(None, None, s)
         return s, u
 
@@ -327,7 +330,7 @@ def direct_counts(run, images, batch):
     return per_layer, received, hits
 
 
-@pytest.mark.parametrize("norm", ["bn", "tdbn", "none"])
+@pytest.mark.parametrize("norm", [n for n in NORMS if n != "bntt"])
 def test_analyze_activity_of_every_norm(norm, tmp_path, capsys):
     run = tiny_run(tmp_path / norm, "vgg9", norm)
     code = analyze.cli(["activity", "--checkpoint", str(run), "--test_samples", "8", "--batch_size", "8",
@@ -425,6 +428,68 @@ def test_check_out_dir_read_only_folder(tmp_path):
         check_out_dir(locked / "out")
     with pytest.raises(UsageError, match="cannot write into the output folder .*locked is not writable"):
         check_out_dir(locked)
+
+
+def test_report_writes_whole_files_and_lists_them(tmp_path, capsys):
+    out = tmp_path / "a" / "report"
+    report = Report(out, plots=False)
+    assert not (tmp_path / "a").exists()  # made only to write
+    report.json("r.json", {"ratio": math.inf, "rates": [0.5, math.nan], "name": "bntt1"})
+    report.csv("r.csv", [{"layer": "bntt1", "rate": 0.25}, {"layer": "bntt2", "rate": 0.5}])
+    report.csv("empty.csv", [])
+    report.events.scalar("activity/top1", 12.5, 3)
+    assert report.pyplot() is None  # plots off
+    assert report.write() == ["r.json", "r.csv", "empty.csv"]
+    assert capsys.readouterr().out == f"\nwrote r.json, r.csv, empty.csv and TensorBoard events to {out}\n"
+    # JSON has no infinity or NaN: a strict reader gets null
+    assert json.loads((out / "r.json").read_text(), parse_constant=pytest.fail) == \
+        {"ratio": None, "rates": [0.5, None], "name": "bntt1"}
+    assert (out / "r.csv").read_bytes() == b"layer,rate\r\nbntt1,0.25\r\nbntt2,0.5\r\n"
+    assert (out / "empty.csv").read_bytes() == b""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    (events,) = out.glob("events.out.tfevents.*")
+    logged = EventAccumulator(str(events)).Reload()
+    assert [(e.step, e.value) for e in logged.Scalars("activity/top1")] == [(3, 12.5)]
+
+
+def test_report_figures_are_written_with_the_files(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    report = Report(tmp_path, plots=True)
+    plt = report.pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4])
+    report.figure("f.png", fig)
+    assert not plt.get_fignums() and not list(tmp_path.iterdir())  # closed, nothing written yet
+    report.csv("t.csv", [{"a": 1}])
+    assert report.write() == ["t.csv", "f.png"]
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_in_a_bad_folder_is_one_line_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    for out, message in ((tmp_path / "afile", f"--out_dir {tmp_path / 'afile'} is a file, not a folder"),
+                         (tmp_path / "afile" / "out", f"cannot create the output folder {tmp_path / 'afile' / 'out'}: "
+                                                      f"{tmp_path / 'afile'} is not a folder")):
+        with pytest.raises(UsageError) as err:
+            Report(out)
+        assert str(err.value) == message
+    # a file that cannot be written (a folder in its place; a full disk is the same OSError):
+    # one line naming it; the files before it are whole, none after it and no events are written
+    out = tmp_path / "out"
+    (out / "b.csv").mkdir(parents=True)
+    report = Report(out)
+    report.json("a.json", {"x": 1})
+    report.csv("b.csv", [{"x": 1}])
+    report.csv("c.csv", [{"x": 2}])
+    report.events.scalar("x", 1.0, 0)
+    with pytest.raises(WriteError) as err:
+        report.write()
+    assert str(err.value).startswith(f"cannot write {out / 'b.csv'} (")
+    assert str(err.value).endswith("; the files written before it are whole")
+    assert len(str(err.value).splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.csv"]  # no c.csv, events, temporaries
+    assert json.loads((out / "a.json").read_text()) == {"x": 1}
+    assert capsys.readouterr().out == ""  # no list of files that were not written
 
 
 def test_analyze_activity_failure_writes_nothing(tmp_path, capsys, monkeypatch):

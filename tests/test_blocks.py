@@ -1,10 +1,10 @@
 """Spiking blocks and their backends (bntt/blocks.py, bntt/engines.py): the spiking ResNet-19
-against its equations on every backend, a residual network of one's own on every backend,
-one step against all steps, the engine resolved once, one leak and one T, and the import
-order of the package."""
+against its equations on every backend, one step against all steps, the engine resolved once,
+one leak and one T, and the import order of the package. Every backend against the reference,
+for every network (a residual network of one's own among them) and norm:
+tests/test_equivalence.py."""
 import ast
 import json
-import copy
 from pathlib import Path
 
 import pytest
@@ -12,12 +12,10 @@ import torch
 import torch.nn as nn
 
 from bntt import BNTT, LIFNeuron, engines
-from bntt.blocks import SpikingBlock, Steps, TimeState, blocks
-from bntt.coding import poisson_spikes
-from bntt.models import SpikingNetwork, build_model
+from bntt.blocks import SpikingBlock, TimeState, blocks
+from bntt.models import build_model
 from helpers import needs_triton_interpreter, small_model
 from spec_equations import spec_resnet19_logits
-from test_engines import assert_same_run
 from test_model_spec import check_against_spec, deterministic_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,42 +48,6 @@ def test_resnet19_layout_and_parameters():
     assert weights == sum(stages) + 512 * 256 + 256 * 10 == 12_687_232
     gammas = sum(bn.weight.numel() for _, bn in model.bntt_layers())
     assert sum(p.numel() for p in model.parameters()) == weights + gammas == 12_692_736
-
-
-class TinyResNet(SpikingNetwork):
-    """A network of one's own: residual adds of spike maps, a pool between blocks, a readout."""
-
-    def __init__(self, num_steps, norm="bntt"):
-        super().__init__(num_steps, leak_mem=0.9, num_cls=5, in_channels=2, norm=norm)
-        conv = lambda cin, cout: nn.Conv2d(cin, cout, 3, padding=1, bias=False)  # noqa: E731
-        self.stem = SpikingBlock(conv(2, 6), self.norm_layer(6), self.neuron)
-        self.body = SpikingBlock(conv(6, 6), self.norm_layer(6), self.neuron, nn.AvgPool2d(1))
-        self.down = SpikingBlock(conv(6, 8), self.norm_layer(8), self.neuron, nn.AvgPool2d(2))
-        self.pool = Steps(nn.AvgPool2d(2))
-        self.fc = SpikingBlock(nn.Linear(8 * 2 * 2, 5, bias=False))
-        self._init_weights()
-
-    def layers(self, x, state):
-        s = self.stem(x, state)
-        s = s + self.body(s, state)  # spikes in {0, 1, 2}
-        return self.fc(self.pool(self.down(s, state)), state)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("engine", BACKENDS[1:])
-def test_a_network_of_ones_own_runs_on_every_backend(engine, training, dtype):
-    torch.manual_seed(0)
-    reference = TinyResNet(5).to(dtype).set_engine("reference").train(training)
-    with torch.no_grad():
-        for _, bn in reference.bntt_layers():
-            bn.running_var.uniform_(0.5, 1.5)
-    fast = copy.deepcopy(reference).set_engine(engine)
-    assert {b.backend.name for b in blocks(fast)} == {engine}
-    g = torch.Generator().manual_seed(1)
-    spikes = poisson_spikes(torch.randn(6, 2, 8, 8, dtype=dtype, generator=g) * 2, 5, generator=g)
-    weights = torch.randn(6, 5, dtype=dtype, generator=g)
-    assert_same_run(fast, reference, spikes, weights, 1e-10 if dtype == torch.float64 else 1e-5)
 
 
 def test_one_step_at_a_time_equals_all_steps_at_once():
@@ -167,10 +129,6 @@ def test_the_package_imports_without_a_circle():
                for p in package.rglob("*.py")}
     graph = {name: {m for m in _imports(path, modules) if m in modules and m != name}
              for name, path in modules.items()}
-    # The dataset readers share helpers defined in their package's __init__, which imports
-    # them only when a dataset of theirs is asked for: that one is left out here.
-    for name in ("bntt.data.cifar10dvs", "bntt.data.tinyimagenet"):
-        graph[name].discard("bntt.data")
     state = {}
 
     def visit(name, trail):
@@ -185,37 +143,6 @@ def test_the_package_imports_without_a_circle():
     for name in sorted(graph):
         visit(name, [])
     assert "bntt.fused" in graph["bntt.engines"] and "bntt.engines" not in graph["bntt.fused.engine"]
-
-
-# tdBN trains on the statistics of all steps at once, which the reference cannot take: in
-# training the other backends are compared with multistep
-NORM_CASES = [pytest.param(norm, engine, training, id=f"{norm}-{engine}-{'train' if training else 'eval'}",
-                           marks=needs_triton_interpreter if engine == "fused" else ())
-              for norm in ("bn", "tdbn", "none") for engine in ("multistep", "cpu", "fused")
-              for training in (True, False) if not (norm == "tdbn" and training and engine == "multistep")]
-
-
-@pytest.mark.parametrize("norm,engine,training", NORM_CASES)
-@pytest.mark.slow
-def test_resnet19_with_every_norm_on_every_backend(norm, engine, training):
-    baseline = "multistep" if norm == "tdbn" and training else "reference"
-    torch.manual_seed(0)
-    reference = build_model("resnet19", num_steps=3, img_size=8, norm=norm).double().train(training)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in reference.modules():
-            if getattr(m, "running_var", None) is not None:
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            if norm == "none" and isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(2.0)  # without a norm, activity dies out over 19 layers at init
-    reference.engine = baseline
-    fast = copy.deepcopy(reference)
-    fast.engine = engine
-    spikes = poisson_spikes(torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=g) * 2, 3,
-                            generator=g)
-    weights = torch.randn(4, 10, dtype=torch.float64, generator=g)
-    assert_same_run(fast, reference, spikes, weights)
 
 
 @pytest.mark.slow

@@ -18,9 +18,9 @@ from bntt.bntt import BNTT
 from bntt.compiled import bntt_lif_block
 from bntt.engines import _norm_stack
 from bntt.neuron import LIFNeuron, lif_scan
-from helpers import small_model
-from test_cpu_engine import assert_same_under_autocast, image_spikes, pair
-from test_engines import assert_close_relative, assert_same_run
+from helpers import assert_close_relative, small_model
+from test_cpu_engine import assert_same_under_autocast, pair
+from test_equivalence import check
 
 pytestmark = pytest.mark.slow  # subprocesses or compilation: outside the inner loop
 
@@ -156,11 +156,11 @@ def test_without_a_compiler_the_functions_run_uncompiled(tmp_path):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_cpu_engine_with_the_block_equals_the_reference_in_float64(training, compiled, monkeypatch):
-    """VGG9, 5 steps of batch 4 in blocks of 2, 2 and 1 steps."""
+    """VGG9, 5 steps of batch 4 in blocks of 2, 2 and 1 steps: a cell of the equivalence matrix
+    (tests/test_equivalence.py) with the compiled block."""
     monkeypatch.setattr(engines, "BLOCK_IMAGES", 8)
-    fast, reference = pair(small_model("vgg9", 5, torch.float64).train(training))
-    spikes, weights = image_spikes(5)
-    assert_same_run(fast, reference, spikes, weights)
+    assert engines.block_steps(5, 4) == 2
+    check("vgg9", "bntt", "cpu", "train" if training else "eval", "f64", steps=5)
 
 
 def test_cpu_engine_with_the_block_under_bf16_autocast(compiled, monkeypatch):

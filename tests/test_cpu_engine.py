@@ -1,7 +1,7 @@
-"""The cpu engine (bntt/engines.py) and the LIF scan it runs (bntt/neuron.py): against the
-per-step reference engine and lif_step, in float64 to 1e-10, for VGG9, VGG11, the FC network,
-every normalisation, in one block of steps or several; and under bf16 autocast, against the
-reference engine under autocast."""
+"""The cpu engine (bntt/engines.py) under bf16 autocast, against the reference engine under
+autocast, and the LIF scan it runs (bntt/neuron.py) against lif_step. The cpu engine against
+the reference in float64 and float32, for every network and norm, in stacks of steps:
+tests/test_equivalence.py."""
 import copy
 
 import pytest
@@ -11,10 +11,7 @@ from bntt import engines
 from bntt.coding import poisson_spikes
 from bntt.neuron import lif_scan, lif_step, surrogate_grad
 from bntt.paper import SURROGATE_SCALE
-from helpers import small_model
-from test_engines import assert_close_relative, assert_same_run
-from test_norms import small as small_with_norm
-from test_sequential import small_fc
+from helpers import assert_close_relative, small_model
 
 
 def pair(model, engine="cpu"):
@@ -28,67 +25,6 @@ def image_spikes(steps, dtype=torch.float64, seed=0, batch=4, size=16):
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, size, size, dtype=dtype, generator=g) * 1.5
     return poisson_spikes(images, steps, generator=g), torch.randn(batch, 10, dtype=dtype, generator=g)
-
-
-# 5 steps of batch 4 in blocks of 2, 2, 1 steps; of 5; of 1 each
-@pytest.mark.parametrize("block_images", [8, 20, 4], ids=["blocks-2-2-1", "one-block", "per-step"])
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_vgg9_equals_reference_in_float64(block_images, training, monkeypatch):
-    monkeypatch.setattr(engines, "BLOCK_IMAGES", block_images)
-    fast, reference = pair(small_model("vgg9", 5, torch.float64).train(training))
-    spikes, weights = image_spikes(5)
-    assert_same_run(fast, reference, spikes, weights)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_vgg11_equals_reference(dtype, monkeypatch):
-    monkeypatch.setattr(engines, "BLOCK_IMAGES", 12)  # blocks of 3 steps of batch 4: 3 + 1
-    fast, reference = pair(small_model("vgg11", 4, dtype).train())
-    spikes, weights = image_spikes(4, dtype, seed=1)
-    assert_same_run(fast, reference, spikes, weights, {torch.float64: 1e-10, torch.float32: 1e-5}[dtype])
-
-
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_fc_network_equals_reference_in_float64(training):
-    fast, reference = pair(small_fc().train(training))
-    g = torch.Generator().manual_seed(2)
-    spikes = (torch.rand(6, 3, 5, generator=g, dtype=torch.float64) * 2.5)  # direct coding: currents
-    assert_same_run(fast, reference, spikes, torch.randn(3, 4, dtype=torch.float64, generator=g))
-
-
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("norm", ["bn", "tdbn", "none"])
-def test_each_norm_equals_the_other_engines_in_float64(norm, training):
-    model = small_with_norm(norm).train(training)
-    # tdBN trains on all steps at once, which the reference loop cannot: multistep is its
-    # reference in training (tests/test_norms.py checks it against tdBN's equations)
-    fast, reference = pair(model)
-    if norm == "tdbn" and training:
-        reference.engine = "multistep"
-    g = torch.Generator().manual_seed(5)
-    spikes = torch.sign(torch.randn(3, 4, 3, 16, 16, dtype=torch.float64, generator=g)) * (
-        torch.rand(3, 4, 3, 16, 16, dtype=torch.float64, generator=g) < 0.5)
-    assert_same_run(fast, reference, spikes, torch.randn(4, 10, dtype=torch.float64, generator=g))
-
-
-@pytest.mark.parametrize("norm", ["bntt", "bn", "none"])
-def test_blocks_of_steps_equal_the_reference_for_each_norm(norm, monkeypatch):
-    monkeypatch.setattr(engines, "BLOCK_IMAGES", 8)  # 3 steps of batch 4 in blocks of 2 and 1
-    fast, reference = pair(small_with_norm(norm).train())
-    spikes, weights = image_spikes(3, seed=3)
-    assert engines.block_steps(3, 4) == 2
-    assert_same_run(fast, reference, spikes, weights)
-
-
-def test_tdbn_trains_on_all_steps_at_once(monkeypatch):
-    monkeypatch.setattr(engines, "BLOCK_IMAGES", 4)  # blocks of one step, were it split
-    model = small_with_norm("tdbn").train()
-    fast, reference = pair(model)
-    reference.engine = "multistep"
-    spikes = torch.sign(torch.randn(3, 4, 3, 16, 16, dtype=torch.float64))
-    assert_same_run(fast, reference, spikes, torch.ones(4, 10, dtype=torch.float64))
-    with pytest.raises(RuntimeError, match="all time steps at once"):
-        model.bntt1(torch.ones(1, 4, 64, 2, 2, dtype=torch.float64), first_step=1)
 
 
 @pytest.mark.parametrize("arch", ["vgg9", "vgg11"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bntt import data
-from bntt.data import DataUnavailable, load_arrays, make_datasets
+from bntt.data import DataUnavailable, load_arrays, make_datasets, mnist
 from fixtures import cifar_images, write_cifar10, write_cifar100, write_fashion_mnist
 
 
@@ -138,7 +138,7 @@ def test_missing_dataset_offline_says_where_and_writes_nothing(tmp_path, monkeyp
     assert str(target / "cifar-10-batches-py") in message
     assert "cifar-10-python.tar.gz" in message and "--download" in message
     assert not target.exists()
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", tmp_path / "no-system-copy")
+    monkeypatch.setattr(mnist, "SYSTEM_FASHION_MNIST", tmp_path / "no-system-copy")
     with pytest.raises(DataUnavailable, match="apt-get install dataset-fashion-mnist"):
         load_arrays("fashionmnist", target)
     assert list(tmp_path.iterdir()) == []

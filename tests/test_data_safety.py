@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bntt import data
-from bntt.data import DataUnavailable, load_arrays
+from bntt.data import DataUnavailable, cifar, load_arrays
 from fixtures import cifar_images, py2_pickle, write_cifar10, write_cifar100, write_fashion_mnist
 from fixtures import write_idx as fixture_write_idx
 
@@ -264,7 +264,7 @@ def test_images_and_labels_count_mismatch(tmp_path, monkeypatch):
     write_cifar10(tmp_path)
     x = torch.zeros((3, 3, 32, 32), dtype=torch.uint8)
     y = torch.zeros(2, dtype=torch.int64)
-    monkeypatch.setattr(data, "load_cifar", lambda name, data_dir: (x, y, x, y[:1].repeat(3)))
+    monkeypatch.setattr(cifar, "load_cifar", lambda name, data_dir: (x, y, x, y[:1].repeat(3)))
     message = one_line_error("cifar10", tmp_path, tmp_path)
     assert "train" in message and "3 images" in message and "2 labels" in message
 
@@ -351,13 +351,15 @@ def test_arrays_of_another_shape_than_the_dataset_are_refused(name, good, num_st
 
 def _train_and_evaluate_argv(name, data_dir, out, tmp_path):
     """train.py's and evaluate.py's arguments for a tiny run of dataset `name`; evaluate.py
-    scores a checkpoint as the authors' train.py writes it (weights only)."""
+    scores a checkpoint as the authors' train.py writes it (weights only), or, for the FC
+    network, which they do not have, with its configuration."""
     from helpers import network
     arch, steps = ("fc", "28") if data.dataset_info(name).kind == "sequence" else ("vgg9", "1")
-    model = network(arch, name, int(steps), 0.95,
-                              **({"fc_hidden": (8,)} if arch == "fc" else {}))
+    model = network(arch, name, int(steps), 0.95, **({"fc_hidden": (8,)} if arch == "fc" else {}))
     checkpoint = tmp_path / "authors.pt"
-    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    config = {"arch": arch, "dataset": name, "num_steps": int(steps), "fc_hidden": "8"}
+    torch.save({"state_dict": model.state_dict(), **({"config": config} if arch == "fc" else {})},
+               checkpoint)
     common = ["--dataset", name, "--data_dir", str(data_dir), "--device", "cpu",
               "--num_workers", "0", "--batch_size", "2", "--out_dir", str(out)]
     return ([*common, "--arch", arch, "--num_steps", steps, "--num_epochs", "1"]

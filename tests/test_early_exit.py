@@ -1,4 +1,5 @@
-"""Early exit: the one-pass per-step curve, the gamma rule, the per-sample rule, evaluate.py."""
+"""Early exit: the one-pass per-step curve, the seeded pass that gives it, the gamma rule, the
+per-sample rule, evaluate.py and analyze.py early-exit."""
 import json
 import os
 import subprocess
@@ -8,10 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import analyze
 import evaluate
 from bntt import early_exit
+from bntt.analysis.scoring import prefix_logits_pass
+from bntt.cli import UsageError
+from bntt.seeding import eval_generator
 from helpers import small_model
 from model import SNN_VGG9_BNTT
+from utill import correct_topk
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +35,47 @@ def test_per_step_curve_equals_running_with_t_steps(training):
     fresh = SNN_VGG9_BNTT(num_steps=3, img_size=16)  # a truncated model is a valid T=3 checkpoint
     fresh.load_state_dict(early_exit.truncate_steps(model, 3).state_dict(), strict=True)
     assert torch.equal(fresh.bntt_fc.weight.double(), model.bntt_fc.weight[:3])
+
+
+def test_seeded_pass_draws_from_eval_seed():
+    model = small_model("vgg9", 3, torch.float64, img_size=16)
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(10, 3, 16, 16, dtype=torch.float64, generator=g) * 1.5
+    labels = torch.randint(0, 10, (10,), generator=g)
+    loader = [(images[:6], labels[:6]), (images[6:], labels[6:])]
+
+    def logits(seed):
+        batches = list(prefix_logits_pass(model, loader, torch.device("cpu"), eval_seed=seed))
+        assert all(torch.equal(y, labels[i * 6:i * 6 + len(y)]) for i, (_, y) in enumerate(batches))
+        return torch.cat([x for x, _ in batches], 1)
+
+    first, again, other = logits(0), logits(0), logits(1)
+    assert first.shape == (3, 10, 10) and not model.training
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    # batch after batch from one generator seeded with the number itself
+    gen = eval_generator(1)
+    with torch.no_grad():
+        expected = [early_exit.cumulative_logits(model, model.encode(x, gen)) for x, _ in loader]
+    assert torch.equal(other, torch.cat(expected, 1))
+    with pytest.raises(UsageError, match="the test set is empty"):
+        list(prefix_logits_pass(model, [], torch.device("cpu")))
+
+
+def test_prefix_scores_count_as_correct_topk():
+    """Tied logits (no spike reached the readout) are where topk(1), topk(5) and argmax can
+    pick different classes; the scores count the class train.py's correct_topk picks."""
+    logits = torch.zeros(2, 6, 100)  # step 1: every class ties
+    logits[1, :3, 7] = 1.0  # step 2: the first three samples say class 7
+    labels = torch.tensor([7, 7, 3, 65, 0, 65])
+    scores = early_exit.PrefixScores(2)
+    scores.add(logits[:, :4], labels[:4])
+    scores.add(logits[:, 4:], labels[4:])
+    for t in range(2):
+        assert [scores.top1[t].item(), scores.top5[t].item()] == correct_topk(logits[t], labels, (1, 5))
+    assert scores.images == 6 and scores.correct.shape == scores.margins.shape == (2, 6)
+    assert torch.equal(scores.correct.sum(1), scores.top1)  # the per-sample exit counts alike
+    assert scores.correct[1, :3].tolist() == [True, True, False]
+    assert torch.equal(scores.margins[0], torch.zeros(6))
 
 
 def test_gamma_exit_step_on_hand_set_gammas():
@@ -112,6 +159,24 @@ def test_evaluate_cli_end_to_end(trained_run, tmp_path, capsys):
     assert "early_exit/summary/text_summary" in logged.Tags()["tensors"]
     pytest.importorskip("matplotlib")
     assert (out / "gamma.png").stat().st_size > 1000 and (out / "accuracy.png").stat().st_size > 1000
+
+
+def test_analyze_early_exit_is_evaluate(trained_run, tmp_path, capsys):
+    """`analyze.py early-exit` takes evaluate.py's flags and writes the same report, byte for byte."""
+    reports = {}
+    for name, cli in (("evaluate", evaluate.cli), ("analyze", lambda argv: analyze.cli(["early-exit", *argv]))):
+        out = tmp_path / name
+        code = cli(["--checkpoint", str(trained_run), "--test_samples", "40", "--batch_size", "16",
+                    "--confidence", "0.1", "0.5", "--eval_seed", "3", "--out_dir", str(out), "--no_plots"])
+        assert code == 0
+        printed = capsys.readouterr().out
+        assert printed.rstrip().endswith(f"wrote early_exit.json, accuracy_per_step.csv, gamma.csv, "
+                                         f"sample_exit.csv and TensorBoard events to {out}")
+        files = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith("events.")}
+        reports[name] = printed.replace(str(out), "OUT"), files
+    assert reports["analyze"] == reports["evaluate"]
+    report = json.loads(reports["evaluate"][1]["early_exit.json"])
+    assert report["test_images"] == 40 and report["eval_seed"] == 3 and len(report["sample_exit"]) == 2
 
 
 def test_evaluate_report_that_cannot_be_written_is_one_line(trained_run, tmp_path, capsys):

@@ -130,7 +130,7 @@ def test_the_engine_casts_to_int8_only_where_no_kernel_wrote_the_codes():
     """VGG9: conv1 reads the input spikes, which are cast to int8; the other six convolutions
     read a layer's spikes (conv2, conv4, conv6, conv7) or its pooled spikes (conv3, conv5),
     whose codes the kernel wrote. The gradients are checked against the reference in
-    tests/test_engines.py."""
+    tests/test_equivalence.py."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from helpers import small_model

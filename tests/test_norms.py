@@ -1,8 +1,8 @@
 """The normalisation ablation (--norm): each normalisation against a plain float64 statement of
-its equations, forward and backward; the engines agree for each; runs record their norm and
-the evaluator says the gamma rule is BNTT's alone. The norms after BNTT (tebn, tab, mpbn) are
-checked against tests/spec_equations.py: alone, and in VGG9 and the FC network on every engine;
-MPBN's folded threshold against its unfolded BatchNorm."""
+its equations, forward and backward; runs record their norm and the evaluator says the gamma
+rule is BNTT's alone. The norms after BNTT (tebn, tab, mpbn) are checked against
+tests/spec_equations.py, and MPBN's folded threshold against its unfolded BatchNorm. Every
+backend agrees with the reference for each norm: tests/test_equivalence.py."""
 import copy
 import json
 
@@ -12,13 +12,11 @@ import torch
 import evaluate
 import spec_equations as spec
 import train
-from bntt import engines
 from bntt.distributed import World, prepare_model
 from bntt.models import SpikingFC, build_model
 from bntt.neuron import LIFNeuron
-from bntt.norms import MPBN, TAB, TEBN, MembraneBN, NoNorm, SharedBN, TDBN
-from helpers import needs_triton_interpreter, tiny_args
-from test_engines import assert_close_relative
+from bntt.norms import MPBN, TAB, TEBN, TRAINS_ON_ALL_STEPS, MembraneBN, NoNorm, SharedBN, TDBN
+from helpers import assert_close_relative, needs_triton_interpreter, tiny_args
 
 EPS, MOMENTUM = 1e-4, 0.1
 
@@ -110,16 +108,12 @@ def test_tdbn_normalises_over_time_batch_and_space_together(training):
 def test_tdbn_refuses_step_by_step_training_and_no_norm_is_the_identity():
     with pytest.raises(RuntimeError, match="normalises over all time steps at once"):
         TDBN(4, 3).train()(torch.randn(5, 4, 3, 3), 0)
+    with pytest.raises(RuntimeError, match="normalises over all time steps at once"):
+        TDBN(4, 3).train()(torch.randn(1, 5, 4, 3, 3), first_step=1)  # a stack of later steps
     z = stack(2)
     y, dz = gradients(NoNorm(4, 3), z)
     assert torch.equal(y, z) and torch.equal(dz, torch.randn(z.shape, dtype=z.dtype,
                                                              generator=torch.Generator().manual_seed(9)))
-
-
-def run(model, spikes, weights):
-    out = model.forward_spikes(spikes)
-    (out * weights).sum().backward()
-    return out
 
 
 def small(norm, steps=3, seed=0):
@@ -128,38 +122,7 @@ def small(norm, steps=3, seed=0):
     for _, module in model.named_modules():
         if isinstance(module, (SharedBN, TDBN)):
             set_params(module, seed + 2)
-    if norm == "none":  # unnormalised currents of Xavier weights fade before the readout
-        with torch.no_grad():
-            for p in model.parameters():
-                p.mul_(4)
     return model
-
-
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("engine", ["multistep", pytest.param("fused", marks=needs_triton_interpreter)])
-# bntt: tests/test_engines.py; tebn, tab and mpbn against their equations on every engine, below
-@pytest.mark.parametrize("norm", ["bn", "tdbn", "none"])
-def test_engines_agree_for_each_norm(norm, engine, training):
-    if norm == "tdbn" and training:
-        pytest.skip("tdbn trains on all steps at once: compared with its equations above")
-    reference = small(norm).train(training)
-    reference.engine = "reference"
-    fast = copy.deepcopy(reference)
-    fast.engine = engine
-    g = torch.Generator().manual_seed(5)
-    spikes = torch.sign(torch.randn(3, 4, 3, 16, 16, dtype=torch.float64, generator=g)) * (
-        torch.rand(3, 4, 3, 16, 16, dtype=torch.float64, generator=g) < 0.5)
-    weights = torch.randn(4, 10, dtype=torch.float64, generator=g)
-    out_ref, out = run(reference, spikes, weights), run(fast, spikes, weights)
-    assert out_ref.abs().max() > 0.05
-    assert_close_relative(out, out_ref, 1e-10, "logits")
-    for (name, p_ref), (_, p) in zip(reference.named_parameters(), fast.named_parameters()):
-        assert_close_relative(p.grad, p_ref.grad, 1e-10, f"grad of {name}")
-    for (name, b_ref), (_, b) in zip(reference.named_buffers(), fast.named_buffers()):
-        if b_ref.is_floating_point():
-            assert_close_relative(b, b_ref, 1e-10, name)
-        else:
-            assert torch.equal(b, b_ref), name
 
 
 def test_tdbn_trains_on_the_multistep_engine_as_its_equations_say():
@@ -171,7 +134,7 @@ def test_tdbn_trains_on_the_multistep_engine_as_its_equations_say():
     assert model.bntt1.weight.grad.abs().max() > 0 and int(model.bntt1.num_batches_tracked) == 1
 
 
-TINY = tiny_args(train_samples=128, test_samples=70, test_display_freq=1, device=None, num_epochs=1)
+TINY = tiny_args(batch_size=16, train_samples=32, test_samples=20, num_epochs=1)
 
 
 def test_a_run_records_its_norm_and_the_evaluator_keeps_the_gamma_rule_to_bntt(tmp_path, capsys):
@@ -190,10 +153,13 @@ def test_a_run_records_its_norm_and_the_evaluator_keeps_the_gamma_rule_to_bntt(t
     assert not (tmp_path / "ee" / "gamma.png").exists()
 
 
-def test_tdbn_with_the_reference_engine_is_one_line(tmp_path, capsys):
-    code = train.cli([*TINY, "--norm", "tdbn", "--engine", "reference", "--out_dir", str(tmp_path)])
+@pytest.mark.parametrize("norm", TRAINS_ON_ALL_STEPS)
+def test_training_an_all_steps_norm_with_the_reference_engine_is_one_line(norm, tmp_path, capsys):
+    code = train.cli([*TINY, "--norm", norm, "--engine", "reference", "--out_dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "train it with --engine multistep" in err and len(err.splitlines()) == 1
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"norm {norm} normalises over all steps at once: train it with --engine multistep" in err
+    assert not any(tmp_path.iterdir())
 
 
 # -- the norms after BNTT: tebn, tab, mpbn -----------------------------------------------------

@@ -210,10 +210,16 @@ def test_relabelled_val_rebuilds_the_cache(data_dir):
 
 def resaved_with_small_images(raw_path):
     with open(raw_path, "rb") as f:
-        fingerprint, labels, images = (np.load(f) for _ in range(3))
+        header, labels, images = (np.load(f) for _ in range(3))
     with open(raw_path, "wb") as f:
-        for array in (fingerprint, labels, images[:, :, :32, :32]):
+        for array in (header, labels, images[:, :, :32, :32]):
             np.save(f, array)
+
+
+def flip_byte(raw, at):
+    raw = bytearray(raw)
+    raw[at] ^= 0xFF
+    return bytes(raw)
 
 
 CACHE_DAMAGE = {
@@ -222,6 +228,8 @@ CACHE_DAMAGE = {
     "empty": lambda p: p.write_bytes(b""),
     "garbage": lambda p: p.write_bytes(os.urandom(5000)),
     "right fingerprint, wrong shape": resaved_with_small_images,
+    # inside the images, where only their checksum tells
+    "a flipped pixel": lambda p: p.write_bytes(flip_byte(p.read_bytes(), -5)),
 }
 
 

@@ -193,8 +193,8 @@ def test_resume_refuses_another_arch_or_T_and_mismatched_checkpoints(tmp_path, c
     from bntt.checkpoint import CheckpointError, load_weights
     from model import build_model
     state = torch.load(run_dir / "last.pt", weights_only=True)["state_dict"]
-    for arch, steps, fragment in (("vgg9", 5, "size mismatch for bntt1.weight"),
-                                  ("vgg11", 2, "Missing key(s) in state_dict: \"conv8.weight\"")):
+    for arch, steps, fragment in (("vgg9", 5, 'Missing key(s) in state_dict: "bntt1.2.weight"'),
+                                  ("vgg11", 2, 'Missing key(s) in state_dict: "conv8.weight"')):
         model = build_model(arch, num_steps=steps, in_channels=1)
         with pytest.raises(CheckpointError, match="x.pt does not fit vgg: Error") as caught:
             load_weights(model, state, "x.pt", "vgg")

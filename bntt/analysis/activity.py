@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -35,15 +34,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bntt import early_exit
-from bntt.analysis import check_out_dir, csv_bytes, make_out_dir, write_report
-from bntt.ann import ANN_ARCHS
-from bntt.checkpoint import EventFile, checkpoint_file
-from bntt.cli import UsageError, check_scoring_flags, pick_device, pyplot, require_positive
+from bntt.analysis.report import Report
+from bntt.analysis.scoring import open_checkpoint, prefix_logits_pass
+from bntt.cli import UsageError, check_scoring_flags, require_positive
 from bntt.coding import SequenceEncoder
 from bntt.data import DATASETS
 from bntt.blocks import blocks
 from bntt.engines import MULTISTEP, Multistep, run_steps, running_on
-from bntt.trained import load_trained, test_loader
+from bntt.trained import test_loader
 
 # Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm: a 32-bit float add costs 0.9 pJ,
 # a multiply 3.7 pJ, so a multiply-accumulate 4.6 pJ. The paper compares with these.
@@ -59,6 +57,13 @@ NORM_NOT_COUNTED = {
            "of each neuron, the same at every step, no synaptic operation"),
     "tdbn": ("tdBN: at inference it folds into one scale and offset of each neuron, the same at "
              "every step, no synaptic operation"),
+    "tebn": ("TEBN: at inference it folds into a per-step scale and offset of each neuron, no "
+             "synaptic operation"),
+    "tab": ("TAB: at inference it folds into a per-step scale and offset of each neuron, no "
+            "synaptic operation"),
+    "mpbn": ("MPBN: at inference its BatchNorm of the current folds into one scale and offset of "
+             "each neuron, and its BatchNorm of the membrane into one threshold of each channel, "
+             "no synaptic operation"),
     "none": "no normalisation (--norm none): nothing between the synapses and the neurons",
 }
 ANN_NOTE = ("a non-spiking network: no time steps and no spikes, so no spike rates, accumulates "
@@ -298,42 +303,32 @@ class Counter(Multistep):
 
 @dataclass
 class Activity:
-    counter: Counter
-    top1_counts: torch.Tensor  # [T]: correct after t steps
-    margins: torch.Tensor  # [T, N] softmax margin after t steps
-    correct: torch.Tensor  # [T, N] bool
-    images: int
+    """What one pass over the test set counted, and how well it predicted at every step.
+
+        activity = activity_pass(model, loader, torch.device("cpu"), eval_seed=0)
+        report = build_report(model, activity, E_AC_45NM, E_MAC_45NM, DEFAULT_CONFIDENCES)
+    """
+    counter: Counter  # spikes and operations
+    scores: early_exit.PrefixScores  # the prediction after every prefix of steps
 
 
-@torch.no_grad()
 def activity_pass(model, loader, device, eval_seed: int = 0) -> Activity:
     """Run the test set through `model` (multistep engine) with fixed Poisson draws, counting
     spikes and operations, and the prediction after every prefix of steps."""
-    model.eval()
-    generator = torch.Generator(device=device)
-    generator.manual_seed(eval_seed)
-    steps = model.num_steps
-    counter = Counter(model, steps)
-    top1 = torch.zeros(steps, dtype=torch.long)
-    margins, correct, images = [], [], 0
-    for inputs, labels in tqdm(loader, desc="activity", leave=False, dynamic_ncols=True):
-        inputs, labels = inputs.to(device), labels.to(device)
-        encoded = model.encode(inputs, generator)
+    counter = Counter(model, model.num_steps)
+    scores = early_exit.PrefixScores(model.num_steps)
+
+    def counted(encoded: torch.Tensor) -> torch.Tensor:
         counter.start_batch(encoded)
         with running_on(model, counter):
             currents = run_steps(model, model.layers, encoded, counter)
         counter.end_batch()
-        logits = early_exit.prefix_logits(currents)
-        # The class utill.correct_topk picks, as train.py and evaluate.py score: where logits
-        # tie (no spike reached the readout) topk and argmax can pick different classes.
-        hits = torch.stack([step.topk(1, 1).indices[:, 0] for step in logits]) == labels
-        top1 += hits.sum(1).cpu()
-        margins.append(early_exit.softmax_margin(logits).float().cpu())
-        correct.append(hits.cpu())
-        images += labels.shape[0]
-    if not images:
-        raise UsageError("the test set is empty")
-    return Activity(counter, top1, torch.cat(margins, 1), torch.cat(correct, 1), images)
+        return currents
+
+    for logits, labels in prefix_logits_pass(model, loader, device, eval_seed, desc="activity",
+                                             readout=counted):
+        scores.add(logits, labels)
+    return Activity(counter, scores)
 
 
 @dataclass
@@ -362,7 +357,8 @@ def ann_pass(model, loader, device) -> AnnScore:
 # -- the report -------------------------------------------------------------------------------
 
 def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidences) -> dict:
-    counter, n, steps = activity.counter, activity.images, model.num_steps
+    counter, scores, steps = activity.counter, activity.scores, model.num_steps
+    n = scores.images
     spiking = counter.spiking_blocks()
     rate_names = ["input"] + [block_name(counter.names, b) for b in spiking]
     rates = []
@@ -406,7 +402,7 @@ def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidenc
     per_sample = (torch.cat(counter.sample_ac, 1).double() * e_ac
                   + torch.cat(counter.sample_mac, 1).double() * e_mac)  # [T, N]
     cumulative = per_sample.cumsum(0)
-    acc = (100.0 * activity.top1_counts.double() / n).tolist()
+    acc = (100.0 * scores.top1.double() / n).tolist()
     step_ops = torch.stack(list(counter.ops.values())).sum(0).cumsum(0)
     time = [{"t": t + 1, "top1": acc[t], "snn_ops_per_image": step_ops[t].item() / n,
              "snn_energy_uj": cumulative[t].mean().item() * 1e-6,
@@ -415,10 +411,10 @@ def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidenc
             for t in range(steps)]
     sample_exit = []
     for c in confidences:
-        stop = early_exit.exit_steps(activity.margins, c).view(1, -1)
-        top1 = 100.0 * activity.correct.gather(0, stop).double().mean().item()
-        energy = cumulative.gather(0, stop).mean().item()
-        sample_exit.append({"threshold": c, "top1": top1, "mean_steps": (stop + 1).double().mean().item(),
+        stop, hit = early_exit.sample_exits(scores.margins, scores.correct, c)
+        energy = cumulative.gather(0, stop.view(1, -1)).mean().item()
+        sample_exit.append({"threshold": c, "top1": 100.0 * hit.double().mean().item(),
+                            "mean_steps": (stop + 1).double().mean().item(),
                             "snn_energy_uj": energy * 1e-6,
                             "ann_over_snn": ann_pj / energy if energy else math.inf})
     return {
@@ -458,7 +454,12 @@ def build_ann_report(model, score: AnnScore, e_mac: float) -> dict:
 # the normalisation in the printed "not counted" line
 NOT_COUNTED_SHORT = {"bntt": "BNTT (folds into a per-step scale and offset per neuron)",
                      "bn": "the shared BatchNorm (folds into a scale and offset per neuron)",
-                     "tdbn": "tdBN (folds into a scale and offset per neuron)", "none": ""}
+                     "tdbn": "tdBN (folds into a scale and offset per neuron)",
+                     "tebn": "TEBN (folds into a per-step scale and offset per neuron)",
+                     "tab": "TAB (folds into a per-step scale and offset per neuron)",
+                     "mpbn": "MPBN (folds into a scale and offset per neuron and a threshold "
+                             "per channel)",
+                     "none": ""}
 
 
 def _ratio(x: float) -> str:
@@ -527,19 +528,6 @@ def print_ann_report(report: dict) -> None:
           "pools, memory")
 
 
-def _json_number(x):
-    # JSON has no infinity; a layer without operations has no finite ratio.
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return _json_number(obj)
-
-
 def csv_tables(report: dict) -> dict:
     steps = report["num_steps"]
     rates = [{"layer": r["layer"], "neurons": r["neurons"],
@@ -554,8 +542,7 @@ def csv_tables(report: dict) -> dict:
                    "snn_ops_per_image": tot["snn_ac_per_image"] + tot["snn_mac_per_image"],
                    "ann_macs_per_image": tot["ann_macs_per_image"], "snn_energy_pj": tot["snn_energy_pj"],
                    "ann_energy_pj": tot["ann_energy_pj"], "ann_over_snn": tot["ann_over_snn"]})
-    return {"rates.csv": csv_bytes(rates), "energy_layers.csv": csv_bytes(layers),
-            "energy_time.csv": csv_bytes(report["time"])}
+    return {"rates.csv": rates, "energy_layers.csv": layers, "energy_time.csv": report["time"]}
 
 
 def ann_csv_tables(report: dict) -> dict:
@@ -563,19 +550,22 @@ def ann_csv_tables(report: dict) -> dict:
     rows = report["energy"]["layers"] + [{"layer": "total", "kind": "",
                                           "ann_macs_per_image": tot["ann_macs_per_image"],
                                           "ann_energy_pj": tot["ann_energy_pj"]}]
-    return {"energy_layers.csv": csv_bytes(rows)}
+    return {"energy_layers.csv": rows}
 
 
-def write_outputs(report: dict, out_dir: Path, plots: bool) -> list:
+def add_outputs(report: dict, out: Report) -> None:
+    """The report's files (a JSON null for a ratio to no energy), events and figures, to be
+    written by out.write()."""
     ann = report["kind"] == "ann"
-    files = {"activity.json": (json.dumps(_jsonable(report), indent=2) + "\n").encode(),
-             **(ann_csv_tables(report) if ann else csv_tables(report))}
-    events = EventFile(out_dir)
+    out.json("activity.json", report)
+    for name, rows in (ann_csv_tables(report) if ann else csv_tables(report)).items():
+        out.csv(name, rows)
+    events = out.events
     events.text("activity/conventions", json.dumps(report["conventions"]))
     if ann:  # nothing along time or layers of neurons: its top-1 and its energy
         events.scalar("activity/top1", report["top1"], 0)
         events.scalar("activity/ann_energy_uj", report["energy"]["total"]["ann_energy_uj"], 0)
-        return write_report(out_dir, files, events)
+        return
     for r in report["rates"]["layers"]:
         for t, rate in enumerate(r["per_step"], 1):
             events.scalar(f"activity/rate/{r['layer']}", rate, t)
@@ -586,16 +576,13 @@ def write_outputs(report: dict, out_dir: Path, plots: bool) -> list:
     for key in ("snn_energy_uj", "ann_energy_uj", "ann_over_snn"):
         if math.isfinite(tot[key]):
             events.scalar(f"activity/{key}", tot[key], 0)
-    written = write_report(out_dir, files, events)
-    if plots:
-        written += plot(report, out_dir)
-    return written
+    plot(report, out)
 
 
-def plot(report: dict, out_dir: Path) -> list:
-    plt = pyplot()
+def plot(report: dict, out: Report) -> None:
+    plt = out.pyplot()
     if plt is None:
-        return []
+        return
 
     layers = report["rates"]["layers"]
     steps = report["num_steps"]
@@ -607,8 +594,7 @@ def plot(report: dict, out_dir: Path) -> list:
     ax.set(xlabel="time step t", title="spikes per neuron per step")
     fig.colorbar(image, ax=ax, label="spike rate")
     fig.tight_layout()
-    fig.savefig(out_dir / "rates.png", dpi=120)
-    plt.close(fig)
+    out.figure("rates.png", fig)
 
     tot = report["energy"]["total"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -633,9 +619,7 @@ def plot(report: dict, out_dir: Path) -> list:
            title=f"accuracy vs energy (E_AC {report['e_ac_pj']:g} pJ, E_MAC {report['e_mac_pj']:g} pJ)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "energy.png", dpi=120)
-    plt.close(fig)
-    return ["rates.png", "energy.png"]
+    out.figure("energy.png", fig)
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -668,16 +652,12 @@ def _check(args) -> None:
 
 def run(args) -> int:
     _check(args)
-    source = checkpoint_file(args.checkpoint)
-    out_dir = Path(args.out_dir) if args.out_dir else source.parent / "activity"
-    check_out_dir(out_dir)  # before the long pass, not after it; created only to write
-    device = pick_device(args.device)
-    trained = load_trained(source, args.dataset, args.leak_mem)
+    source, out, device, trained = open_checkpoint(args, "activity")
     model = trained.model.to(device)
     loader = test_loader(trained, args.data_dir, args.batch_size, args.test_samples,
                          pin_memory=device.type == "cuda")
 
-    if trained.arch in ANN_ARCHS:
+    if not trained.spiking:
         report = build_ann_report(model, ann_pass(model, loader, device), args.e_mac)
     else:
         activity = activity_pass(model, loader, device, args.eval_seed)
@@ -685,8 +665,7 @@ def run(args) -> int:
         report.update({"eval_seed": args.eval_seed, "leak_mem": model.leak_mem})
     report.update({"checkpoint": str(source), "dataset": trained.dataset, "arch": trained.arch,
                    "batch_size": args.batch_size})
-    (print_ann_report if trained.arch in ANN_ARCHS else print_report)(report)
-    make_out_dir(out_dir)
-    written = write_outputs(report, out_dir, plots=not args.no_plots)
-    print(f"\nwrote {', '.join(written)} and TensorBoard events to {out_dir}")
+    (print_ann_report if not trained.spiking else print_report)(report)
+    add_outputs(report, out)
+    out.write()
     return 0

@@ -37,14 +37,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bntt.analysis import check_out_dir, csv_bytes, make_out_dir, write_report
 from bntt.analysis.attacks import (ann_logits_fn, fgsm, gaussian_noise, normaliser, pgd,
                                    snn_logits_fn, to_pixels)
-from bntt.ann import ANN_ARCHS
-from bntt.checkpoint import EventFile, checkpoint_file, load_checkpoint, run_folder_of
-from bntt.cli import UsageError, pick_device, pyplot, require
+from bntt.analysis.report import Report
+from bntt.checkpoint import run_folder_of
+from bntt.cli import UsageError, pick_device, require
 from bntt.data import DATASETS, dataset_info
 from bntt.engines import ENGINES
+from bntt.seeding import eval_generator
 from bntt.trained import Trained, load_trained, load_trained_ann, test_loader
 
 DEFAULT_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
@@ -115,19 +115,14 @@ def check_args(args) -> None:
 
 # -- loading ---------------------------------------------------------------------------------
 
-def _config_arch(path) -> str | None:
-    cfg = load_checkpoint(path).get("config")
-    return cfg.get("arch") if isinstance(cfg, dict) else None
-
-
 def load_networks(args) -> dict:
     """{"snn": Trained, "ann": Trained} for the networks given, checked to be of one image
     dataset."""
     nets = {}
     if args.snn:
-        if _config_arch(args.snn) in ANN_ARCHS:
-            raise UsageError(f"{checkpoint_file(args.snn)} is an ANN checkpoint: pass it with --ann")
         nets["snn"] = load_trained(args.snn, args.dataset, args.leak_mem)
+        if not nets["snn"].spiking:
+            raise UsageError(f"{nets['snn'].source} is an ANN checkpoint: pass it with --ann")
     if args.ann:
         nets["ann"] = load_trained_ann(args.ann, args.dataset)
     datasets = {key: t.dataset for key, t in nets.items()}
@@ -137,7 +132,7 @@ def load_networks(args) -> dict:
     dataset = next(iter(datasets.values()))
     info = dataset_info(dataset)
     poisson = "snn" not in nets or getattr(nets["snn"].model.encoder, "name", "") == "poisson"
-    if info.kind != "image" or not poisson:
+    if not info.poisson_images or not poisson:
         raise UsageError(f"robustness is measured on images coded as Poisson spikes; {dataset} "
                          f"serves {info.kind}")
     return nets
@@ -157,21 +152,14 @@ class Tally:
         self.loss += float(F.cross_entropy(logits, labels, reduction="sum"))
 
 
-def _generator(device, seed: int) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
-
-
 def measure(key: str, trained: Trained, loader, device, args) -> dict:
     """One pass over the test set: clean, noisy and attacked top-1 of one network."""
     model = trained.model
     info = dataset_info(trained.dataset)
     normalise = normaliser(info.mean, info.std)
     spiking = key == "snn"
-    poisson = [_generator(device, args.seed + d) for d in range(args.noise_draws)]
-    noise = [_generator(device, args.seed + NOISE_SEED_OFFSET + d) for d in range(args.noise_draws)]
-    attacker = torch.Generator(device=device)
+    poisson = [eval_generator(args.seed + d, device) for d in range(args.noise_draws)]
+    noise = [eval_generator(args.seed + NOISE_SEED_OFFSET + d, device) for d in range(args.noise_draws)]
 
     def logits_fn(generator):
         return snn_logits_fn(model, normalise, generator) if spiking else ann_logits_fn(model, normalise)
@@ -206,10 +194,11 @@ def measure(key: str, trained: Trained, loader, device, args) -> dict:
         for j, eps in enumerate(args.eps):
             if eps == 0:
                 continue
-            attacker.manual_seed(args.seed + ATTACK_SEED_OFFSET + batch)
+            # every attack on a batch starts from the same draws of the attacker
+            attacker = eval_generator(args.seed + ATTACK_SEED_OFFSET + batch, device)
             adv = fgsm(logits_fn(attacker), pixels, labels, eps / 255, eot)
             score(adv, attacked["fgsm"][j])
-            attacker.manual_seed(args.seed + ATTACK_SEED_OFFSET + batch)
+            attacker = eval_generator(args.seed + ATTACK_SEED_OFFSET + batch, device)
             adv = pgd(logits_fn(attacker), pixels, labels, eps / 255, args.pgd_steps,
                       args.pgd_step_size / 255, args.pgd_random_start, attacker, eot)
             score(adv, attacked["pgd"][j])
@@ -299,10 +288,11 @@ def print_report(report: dict) -> None:
     print(f"settings are ours: {report['note']}")
 
 
-def write_outputs(report: dict, out_dir: Path, plots: bool) -> list:
-    files = {"robustness.json": (json.dumps(report, indent=2) + "\n").encode(),
-             "robustness.csv": csv_bytes(report["table"])}
-    events = EventFile(out_dir)
+def add_outputs(report: dict, out: Report) -> None:
+    """The report's files, events and figure, to be written by out.write()."""
+    out.json("robustness.json", report)
+    out.csv("robustness.csv", report["table"])
+    events = out.events
     for key, result in report["networks"].items():
         events.scalar(f"robustness/{key}/clean_top1", result["clean_top1"], 0)
         for i, row in enumerate(result["noise"]):
@@ -312,16 +302,13 @@ def write_outputs(report: dict, out_dir: Path, plots: bool) -> list:
                 events.scalar(f"robustness/{key}/{name}_top1", row["top1"], i)
     # TensorBoard steps are integers: step i is the i-th sigma / eps listed here.
     events.text("robustness/settings", json.dumps(report["settings"]))
-    written = write_report(out_dir, files, events)
-    if plots:
-        written += plot(report, out_dir)
-    return written
+    plot(report, out)
 
 
-def plot(report: dict, out_dir: Path) -> list:
-    plt = pyplot()
+def plot(report: dict, out: Report) -> None:
+    plt = out.pyplot()
     if plt is None:
-        return []
+        return
 
     colours = {"snn": "tab:blue", "ann": "tab:orange"}
     fig, (noise_ax, attack_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -343,16 +330,14 @@ def plot(report: dict, out_dir: Path) -> list:
     fig.suptitle(f"{report['dataset']}, {report['test_images']} test images (settings are ours)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_dir / "robustness.png", dpi=120)
-    plt.close(fig)
-    return ["robustness.png"]
+    out.figure("robustness.png", fig)
 
 
 def run(args) -> int:
     check_args(args)
     first = args.snn or args.ann
     out_dir = Path(args.out_dir) if args.out_dir else run_folder_of(first) / "robustness"
-    check_out_dir(out_dir)  # before the long pass, not after it
+    out = Report(out_dir, plots=not args.no_plots)  # checked before the long pass, not after it
     device = pick_device(args.device)
     nets = load_networks(args)
     for key, trained in nets.items():
@@ -368,7 +353,6 @@ def run(args) -> int:
     results = {key: measure(key, trained, loader, device, args) for key, trained in nets.items()}
     report = build_report(results, reference.dataset, args)
     print_report(report)
-    make_out_dir(out_dir)
-    written = write_outputs(report, out_dir, plots=not args.no_plots)
-    print(f"\nwrote {', '.join(written)} and TensorBoard events to {out_dir}")
+    add_outputs(report, out)
+    out.write()
     return 0

@@ -18,7 +18,7 @@ fast on a GPU.
 A block the kernels do not cover (another norm, no neuron, a residual current, a stack that
 does not start at rest) runs its norm as in multistep and its neuron as one autograd node
 (`bntt.neuron.lif_scan`), its spikes and pool channels-last. It computes
-the function of the multistep backend (tests/test_engines.py); the design and its byte counts
+the function of the multistep backend (tests/test_equivalence.py); the design and its byte counts
 are in docs/fast-engine.md.
 """
 from __future__ import annotations
@@ -65,7 +65,8 @@ class Fused(Backend):
             if neuron is None:
                 return z, None
             maps = torch.channels_last if z.dim() == 5 else None
-            s, u = lif_scan(z, neuron.leak, neuron.threshold, u0, memory_format=maps)
+            s, u = lif_scan(z, neuron.leak, neuron.threshold, u0, memory_format=maps,
+                            membrane=block.membrane_norm)
             s = s.flatten(0, 1) if maps is None else s
             if pool is not None:
                 s = pool_channels_last(s, pool)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bntt.data import (BUNDLED_FASHION_MNIST, FASHION_MNIST_FILES, SYSTEM_FASHION_MNIST,
-                       _find_idx, read_idx, write_idx)
+from bntt.data import (BUNDLED_FASHION_MNIST, FASHION_MNIST_FILES, SYSTEM_FASHION_MNIST, find_idx,
+                       read_idx, write_idx)
 
 
 def balanced_sample(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -31,8 +31,8 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     for split, per_class in (("train", args.train_per_class), ("test", args.test_per_class)):
         images_stem, labels_stem = FASHION_MNIST_FILES[split]
-        images = read_idx(_find_idx(args.source, images_stem))
-        labels = read_idx(_find_idx(args.source, labels_stem))
+        images = read_idx(find_idx(args.source, images_stem))
+        labels = read_idx(find_idx(args.source, labels_stem))
         keep = balanced_sample(labels, per_class, rng)
         write_idx(args.out / f"{images_stem}.gz", images[keep])
         write_idx(args.out / f"{labels_stem}.gz", labels[keep])
