@@ -20,7 +20,7 @@ from bntt import engines, fused
 from bntt.blocks import SpikingBlock, Steps, blocks
 from bntt.coding import poisson_spikes
 from bntt.models import MODELS, SpikingNetwork, build_model
-from bntt.norms import NORMS, TRAINS_ON_ALL_STEPS
+from bntt.norms import MPBN, NORMS, TRAINS_ON_ALL_STEPS
 from helpers import assert_close_relative, needs_triton_interpreter
 
 
@@ -53,6 +53,10 @@ DTYPES = {"f64": torch.float64, "f32": torch.float32}
 # scale, so a float32 sum that lands a few ulps away from a near-zero element is not a failure,
 # while a single flipped spike (an O(1) change) is
 RELATIVE = {torch.float64: 1e-10, torch.float32: 1e-5}
+# The gradient of TEBN's and TAB's per-step scale p_t is one sum over every value of a layer at
+# that step, whose terms largely cancel in training (x_hat has zero mean): float32 rounding of
+# a different summation order is then ~1.5e-5 of the result, still far from a flipped spike
+WHOLE_LAYER_SUMS, RELATIVE_WHOLE_LAYER_F32 = ("scale",), 1e-4
 STEPS, BATCH, LEAK = 3, 4, 0.9
 # the smallest inputs each network takes: its pools need img_size a multiple of 8 (VGG9), of 16
 # (VGG11), ResNet-19's two strides at least 4; the FC network reads 5 features a step
@@ -157,6 +161,15 @@ def run(model, train, weights):
     return out
 
 
+def vanishing_gradients(model):
+    """The parameters whose gradient is zero: in training, the beta of each MPBN current, whose
+    shift of every membrane of a channel the membrane's BatchNorm takes out again (every current
+    of an MPBN network, shortcuts included, reaches such a neuron; docs/spec.md, after Eq. M3)."""
+    if not model.training:
+        return set()
+    return {f"{name}.bias" for name, m in model.named_modules() if isinstance(m, MPBN)}
+
+
 def assert_same_run(fast, reference, train, weights, rel):
     """Logits, every parameter gradient and every buffer (running statistics, step counts) of
     `fast` equal those of `reference` after one forward and backward, in shape, dtype and value
@@ -169,11 +182,18 @@ def assert_same_run(fast, reference, train, weights, rel):
     assert_close_relative(out, out_ref, rel, "logits")
     named, named_ref = dict(fast.named_parameters()), dict(reference.named_parameters())
     assert list(named) == list(named_ref)
+    vanishing = vanishing_gradients(reference)
+    largest = max(p.grad.abs().max().item() for p in named_ref.values())
     for name, p_ref in named_ref.items():
         grad, grad_ref = named[name].grad, p_ref.grad
         assert grad.shape == grad_ref.shape and grad.dtype == grad_ref.dtype, name
+        if name in vanishing:  # zero but rounding, in both
+            assert max(grad.abs().max(), grad_ref.abs().max()) <= rel * largest, name
+            continue
         assert grad_ref.abs().max() > 0, name
-        assert_close_relative(grad, grad_ref, rel, f"grad of {name}")
+        summed = grad.dtype == torch.float32 and name.rsplit(".", 1)[-1] in WHOLE_LAYER_SUMS
+        assert_close_relative(grad, grad_ref, RELATIVE_WHOLE_LAYER_F32 if summed else rel,
+                              f"grad of {name}")
     named, named_ref = dict(fast.named_buffers()), dict(reference.named_buffers())
     assert list(named) == list(named_ref)
     for name, b_ref in named_ref.items():

@@ -12,6 +12,7 @@ import torch
 import evaluate
 import spec_equations as spec
 import train
+from bntt import engines
 from bntt.distributed import World, prepare_model
 from bntt.models import SpikingFC, build_model
 from bntt.neuron import LIFNeuron
@@ -388,6 +389,17 @@ def test_state_is_kept_under_the_layers_bntt_name_and_loads_back(kind, keys):
     x = network_input("vgg9")[0]
     with torch.no_grad():
         assert torch.equal(fresh.eval().forward_spikes(x), model.forward_spikes(x))
+
+
+def test_a_resnet_shortcut_has_no_membrane_batchnorm_of_its_own():
+    """The 1x1 shortcut's current joins the second conv's before that block's neuron fires, so
+    only the neuron's own block normalises the membrane: no parameter is left without use."""
+    model = build_model("resnet19", num_steps=2, img_size=4, norm="mpbn")
+    norms = {name: m for name, m in model.named_modules() if isinstance(m, MPBN)}
+    shortcuts = {name for name in norms if ".shortcut." in name}
+    assert shortcuts == {"layer2.0.shortcut.norm", "layer3.0.shortcut.norm"}
+    assert all((norms[name].membrane is None) == (name in shortcuts) for name in norms)
+    assert not any(".shortcut." in name and "membrane" in name for name in model.state_dict())
 
 
 @pytest.mark.parametrize("kind", ["tebn", "tab"])
