@@ -20,6 +20,7 @@ from bntt.norms import MPBN, TAB, TEBN, TRAINS_ON_ALL_STEPS, MembraneBN, NoNorm,
 from helpers import assert_close_relative, needs_triton_interpreter, tiny_args
 
 EPS, MOMENTUM = 1e-4, 0.1
+AFTER_BNTT = ("tebn", "tab", "mpbn")
 
 
 def stack(seed, shape=(3, 5, 4, 3, 3)):
@@ -154,6 +155,29 @@ def test_a_run_records_its_norm_and_the_evaluator_keeps_the_gamma_rule_to_bntt(t
     assert not (tmp_path / "ee" / "gamma.png").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", AFTER_BNTT)
+def test_each_later_norm_trains_resumes_bit_exactly_and_evaluates(kind, tmp_path, capsys):
+    args = [*TINY, "--norm", kind, "--out_dir", str(tmp_path)]
+    assert train.cli([*args, "--num_epochs", "2", "--run_name", "full"]) == 0
+    assert train.cli([*args, "--num_epochs", "1", "--run_name", "cut"]) == 0
+    ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    ckpt["config"]["num_epochs"] = 2  # as if stopped after epoch 1 of 2
+    torch.save(ckpt, tmp_path / "cut" / "last.pt")
+    assert train.cli(["--resume", str(tmp_path / "cut")]) == 0
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert resumed["epoch"] == full["epoch"] == 2 and resumed["config"]["norm"] == kind
+    for key, value in full["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    capsys.readouterr()
+    assert evaluate.cli(["--checkpoint", str(tmp_path / "cut"), "--out_dir", str(tmp_path / "ee"),
+                         "--test_samples", "20", "--batch_size", "32"]) == 0
+    assert f"not applicable (the gamma rule applies to BNTT only; this network uses norm {kind})" \
+        in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "ee" / "early_exit.json").read_text())["per_step"]) == 2
+
+
 @pytest.mark.parametrize("norm", TRAINS_ON_ALL_STEPS)
 def test_training_an_all_steps_norm_with_the_reference_engine_is_one_line(norm, tmp_path, capsys):
     code = train.cli([*TINY, "--norm", norm, "--engine", "reference", "--out_dir", str(tmp_path)])
@@ -164,8 +188,6 @@ def test_training_an_all_steps_norm_with_the_reference_engine_is_one_line(norm, 
 
 
 # -- the norms after BNTT: tebn, tab, mpbn -----------------------------------------------------
-
-AFTER_BNTT = ("tebn", "tab", "mpbn")
 
 
 def randomize_norms(model, seed):
