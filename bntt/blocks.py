@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+
 class TimeState:
     """Where one pass over time stands: the first step of the stack being run, and the
     membrane potential every block left at the end of the previous stack (none: at rest)."""
