@@ -5,6 +5,9 @@ tests/spec_equations.py, and MPBN's folded threshold against its unfolded BatchN
 backend agrees with the reference for each norm: tests/test_equivalence.py."""
 import copy
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +24,7 @@ from helpers import assert_close_relative, needs_triton_interpreter, tiny_args
 
 EPS, MOMENTUM = 1e-4, 0.1
 AFTER_BNTT = ("tebn", "tab", "mpbn")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def stack(seed, shape=(3, 5, 4, 3, 3)):
@@ -487,3 +491,30 @@ def test_mpbn_folded_into_the_threshold_gives_the_unfolded_network(arch):
         assert torch.equal(out_folded, out_unfolded)
     assert folded.abs().max() > 0.05
     torch.testing.assert_close(folded, unfolded, rtol=0, atol=1e-12)
+
+
+def test_the_ablation_table_is_the_mean_and_sample_std_over_seeds(tmp_path):
+    """scripts/reproduce/ablation_table.py on hand-written metrics of two norms and three seeds."""
+    finals = {"bntt": (80.0, 82.0, 84.0), "none": (10.0, 10.0, 13.0)}
+    for norm, values in finals.items():
+        for seed, final in enumerate(values):
+            run = tmp_path / f"x_{norm}_s{seed}"
+            run.mkdir()
+            rows = [{"epoch": 1, "train_top1": 50.0, "test_top1": final - 5},
+                    {"epoch": 2, "train_top1": 60.0 + seed, "test_top1": final}]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = ROOT / "scripts" / "reproduce" / "ablation_table.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), "x", "--norms", "bntt",
+                             "none", "--seeds", "0", "1", "2"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "| `bntt` | 80.00 | 82.00 | 84.00 | 82.00 +- 2.00 | 61.00 |" in result.stdout
+    assert "| `none` | 10.00 | 10.00 | 13.00 | 11.00 +- 1.73 | 61.00 |" in result.stdout
+    summary = json.loads((tmp_path / "x.json").read_text())
+    assert summary["epochs"] == 2 and summary["norms"]["bntt"]["curve_mean"] == [77.0, 82.0]
+    assert summary["norms"]["none"]["curve_min"] == [5.0, 10.0]
+    (tmp_path / "x_none_s2" / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_top1": 1.0,
+                                                                     "test_top1": 8.0}) + "\n")
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), "x", "--norms", "bntt",
+                             "none", "--seeds", "0", "1", "2"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "runs with fewer tested epochs than the others: x_none_s2"

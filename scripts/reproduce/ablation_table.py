@@ -1,6 +1,6 @@
 """The table and figure of a normalisation ablation (scripts/reproduce/ablation.sh): for each norm,
-the final test top-1 of every seed and their mean +- sample std, and the test top-1 after each
-epoch, mean and spread over the seeds, as a figure.
+the final test top-1 of every seed, their mean +- sample std and the mean train top-1 of the last
+epoch, and the test top-1 after each epoch, mean and spread over the seeds, as a figure.
 
     python scripts/reproduce/ablation_table.py runs/ablation vgg9_T4 --seeds 0 1 2
 
@@ -21,17 +21,18 @@ LABELS = {"bntt": "BNTT (the paper's)", "bn": "BN shared by all steps", "tdbn": 
           "tebn": "TEBN", "tab": "TAB", "mpbn": "MPBN", "none": "none"}
 
 
-def test_curve(folder: Path) -> list[float]:
-    """The test top-1 after each tested epoch of one run."""
+def read_run(folder: Path) -> tuple[list[float], float]:
+    """The test top-1 after each tested epoch of one run, and its last epoch's train top-1."""
     metrics = folder / "metrics.jsonl"
     if not metrics.exists():
         raise SystemExit(f"{folder} has no metrics.jsonl: run scripts/reproduce/ablation.sh first")
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return [r["test_top1"] for r in rows if "test_top1" in r]
+    return [r["test_top1"] for r in rows if "test_top1" in r], rows[-1]["train_top1"]
 
 
 def summarise(root: Path, name: str, norms, seeds) -> dict:
-    curves = {norm: [test_curve(root / f"{name}_{norm}_s{seed}") for seed in seeds] for norm in norms}
+    read = {norm: [read_run(root / f"{name}_{norm}_s{seed}") for seed in seeds] for norm in norms}
+    curves = {norm: [curve for curve, _ in runs] for norm, runs in read.items()}
     epochs = {len(c) for runs in curves.values() for c in runs}
     if len(epochs) != 1:
         short = [f"{name}_{n}_s{s}" for n in norms for s, c in zip(seeds, curves[n])
@@ -42,6 +43,7 @@ def summarise(root: Path, name: str, norms, seeds) -> dict:
         final = [c[-1] for c in runs]
         rows[norm] = {"final": final, "mean": statistics.fmean(final),
                       "std": statistics.stdev(final) if len(final) > 1 else 0.0,
+                      "train_mean": statistics.fmean(train for _, train in read[norm]),
                       "curve_mean": [statistics.fmean(e) for e in zip(*runs)],
                       "curve_min": [min(e) for e in zip(*runs)],
                       "curve_max": [max(e) for e in zip(*runs)]}
@@ -50,11 +52,12 @@ def summarise(root: Path, name: str, norms, seeds) -> dict:
 
 def markdown(summary: dict) -> str:
     seeds = summary["seeds"]
-    lines = ["| norm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean +- std |",
-             "| --- |" + " --- |" * len(seeds) + " --- |"]
+    lines = ["| norm | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean +- std | train top-1, last epoch (mean) |",
+             "| --- |" + " --- |" * len(seeds) + " --- | --- |"]
     for norm, row in summary["norms"].items():
         lines.append(f"| `{norm}` | " + " | ".join(f"{v:.2f}" for v in row["final"])
-                     + f" | {row['mean']:.2f} +- {row['std']:.2f} |")
+                     + f" | {row['mean']:.2f} +- {row['std']:.2f} | {row['train_mean']:.2f} |")
     return "\n".join(lines)
 
 
@@ -65,7 +68,7 @@ def figure(summary: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
     epochs = range(1, summary["epochs"] + 1)
     for norm, row in summary["norms"].items():
         line, = ax.plot(epochs, row["curve_mean"], marker="o", label=LABELS.get(norm, norm))
@@ -75,7 +78,7 @@ def figure(summary: dict, path: Path) -> bool:
     ax.set_xticks(list(epochs))
     ax.set_title(f"{summary['name']}: mean over seeds {', '.join(map(str, summary['seeds']))} "
                  "(band: min-max)", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     partial = path.with_name(path.name + ".partial")
     fig.savefig(partial, format="png", dpi=120)
