@@ -66,6 +66,28 @@ def lr_at_epoch(base_lr: float, epoch: int, num_epochs: int) -> float:
     return base_lr * LR_DECAY_FACTOR ** drops
 
 
+def decay_alone(base_lr: float, num_epochs: int, steps_per_epoch: int,
+                weight_decay: float = WEIGHT_DECAY) -> list[float]:
+    """What the paper's SGD (momentum 0.9, the LR schedule above) makes of a parameter of 1 that
+    gets no loss gradient: its value after each epoch, from weight decay alone. A BNTT gamma of
+    a step that no loss reaches follows it, so it says when the gamma exit (Eq. 12) can fire.
+
+        decay_alone(0.3, 100, 195)[50]      # CIFAR-10's recipe: after the 51 epochs at lr 0.3
+
+    Each step is SGD's own update with the gradient 0: v = 0.9 v + wd p, p = p - lr v, so
+    p falls by about lr * wd / (1 - 0.9) a step: 1 to 0.1 in 7,675 steps at lr 0.3, wd 1e-4.
+    """
+    p, v = 1.0, 0.0
+    values = []
+    for epoch in range(num_epochs):
+        lr = lr_at_epoch(base_lr, epoch, num_epochs)
+        for _ in range(steps_per_epoch):
+            v = SGD_MOMENTUM * v + weight_decay * p
+            p -= lr * v
+        values.append(p)
+    return values
+
+
 @dataclass(frozen=True)
 class PaperRun:
     """One training command of the paper (the authors' README) and the top-1 it reports."""

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import train
-from bntt import seeding
+from bntt import paper, seeding
 from bntt.bntt import BNTT
 from bntt.config import Config
 from bntt.data.sampling import set_epoch
@@ -89,3 +89,27 @@ def test_train_py_logs_the_statistic_and_records_the_flag(tmp_path):
     ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
     assert ckpt["config"]["gamma_decay"] is False
     assert [g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]] == [WEIGHT_DECAY, 0.0]
+
+
+def test_decay_alone_is_what_the_papers_sgd_makes_of_a_parameter_without_gradient():
+    """paper.decay_alone against torch's SGD (paper.sgd, the LR schedule of train.py) stepping a
+    float64 parameter of 1 whose gradient is always 0, epoch by epoch; and the rule of thumb."""
+    num_epochs, steps = 6, 40  # LR drops after epochs 3, 4 and 5 (0-based)
+    param = torch.nn.Parameter(torch.ones((), dtype=torch.float64))
+    optimizer = paper.sgd([param], lr=0.3)
+    stepped = []
+    for epoch in range(num_epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = paper.lr_at_epoch(0.3, epoch, num_epochs)
+        for _ in range(steps):
+            param.grad = torch.zeros_like(param)
+            optimizer.step()
+        stepped.append(param.item())
+    assert paper.decay_alone(0.3, num_epochs, steps) == pytest.approx(stepped, rel=1e-12)
+    assert stepped[2] < stepped[1] < stepped[0] < 1 and stepped[-1] < stepped[3]
+    # about lr * wd / (1 - momentum) a step at a fixed lr: 1 to 0.1 in 7,675 steps at lr 0.3
+    at_full_lr = paper.decay_alone(0.3, 100, 7675)[0]
+    assert at_full_lr == pytest.approx(0.1, rel=0.01)
+    # the velocity builds up over the first momentum / (1 - momentum) = 9 steps
+    assert paper.decay_alone(0.3, 100, 195)[:2] == pytest.approx(
+        [(1 - 3e-4) ** (195 - 9), (1 - 3e-4) ** (390 - 9)], rel=1e-3)
