@@ -518,3 +518,22 @@ def test_the_ablation_table_is_the_mean_and_sample_std_over_seeds(tmp_path):
                              "none", "--seeds", "0", "1", "2"], capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip() == "runs with fewer tested epochs than the others: x_none_s2"
+
+
+def test_batch_statistics_scores_as_train_py_does_and_changes_nothing(tiny_trained_run, capsys):
+    """scripts/reproduce/batch_statistics.py: with the run's test images, test batch (twice its
+    batch_size, 32) and eval seed its running-statistics column is the top-1 train.py reported; its batch-statistics column runs
+    the norms in training mode on a copy, so the checkpoint's statistics stay as they were."""
+    sys.path.insert(0, str(ROOT / "scripts" / "reproduce"))
+    try:
+        import batch_statistics
+    finally:
+        sys.path.pop(0)
+    before = (tiny_trained_run / "last.pt").read_bytes()
+    reported = json.loads((tiny_trained_run / "metrics.jsonl").read_text().splitlines()[-1])
+    batch_statistics.main([str(tiny_trained_run), "--test_samples", "20", "--batch_size", "32"])
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[:2] == [str(tiny_trained_run), "bntt"]
+    assert float(row[2].rstrip("%")) == pytest.approx(reported["test_top1"], abs=1e-9)
+    assert 0 <= float(row[3].rstrip("%")) <= 100
+    assert (tiny_trained_run / "last.pt").read_bytes() == before

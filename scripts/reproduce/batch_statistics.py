@@ -5,7 +5,7 @@ between the two is a network whose training-time and test-time normalisation dif
     python scripts/reproduce/batch_statistics.py runs/ablation/vgg9_T4_mpbn_s0 runs/ablation/vgg9_T4_bntt_s0
 
 Each run is scored on the first --test_samples test images in batches of --batch_size, with the
-Poisson draws of --eval_seed, on the cpu engine (or the one given); nothing is written and no
+Poisson draws of --eval_seed (train.py's test pass: its test batches are twice its batch_size), on the cpu engine (or the one given); nothing is written and no
 checkpoint changes (the running statistics the training mode updates belong to a copy).
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 from bntt.seeding import eval_generator
 from bntt.trained import load_trained, test_loader
+from bntt.training import correct_topk
 
 
 def top1(model, trained, batch_size: int, test_samples: int, eval_seed: int) -> float:
@@ -24,7 +25,7 @@ def top1(model, trained, batch_size: int, test_samples: int, eval_seed: int) -> 
     hits = seen = 0
     with torch.no_grad():
         for x, y in test_loader(trained, None, batch_size, test_samples):
-            hits += int((model(x, generator=generator).argmax(-1) == y).sum())
+            hits += correct_topk(model(x, generator=generator), y)[0]  # train.py's count
             seen += len(y)
     return 100.0 * hits / seen
 
