@@ -200,15 +200,23 @@ def lif_scan(z: torch.Tensor, leak: float, threshold: float = THRESHOLD,
     turn.
     """
     if membrane is not None:
-        spikes, u = [], u0
-        for z_t in z.unbind(0):
-            s, u = lif_step(z_t, u, leak, threshold, membrane)
-            spikes.append(s)
-        s = torch.stack(spikes).to(spike_dtype or z.dtype)
+        s, u = lif_steps(z, u0, leak, threshold, membrane)
+        s = s.to(spike_dtype or z.dtype)
         if memory_format is not None:
             s = s.flatten(0, 1).contiguous(memory_format=memory_format)
         return s, u
     return LIFScan.apply(z, u0, float(leak), float(threshold), spike_dtype, memory_format)
+
+
+def lif_steps(z: torch.Tensor, u: torch.Tensor | None, leak: float, threshold: float = THRESHOLD,
+              membrane=None):
+    """`lif_step` over z [T, ...] from membrane u (None: at rest), one autograd graph per step
+    -> (spikes [T, ...], u_T)."""
+    spikes = []
+    for z_t in z.unbind(0):
+        s, u = lif_step(z_t, u, leak, threshold, membrane)
+        spikes.append(s)
+    return torch.stack(spikes), u
 
 
 class LIFNeuron(nn.Module):
@@ -241,11 +249,7 @@ class LIFNeuron(nn.Module):
 
     def run(self, z: torch.Tensor, u: torch.Tensor | None = None, membrane=None):
         """`step` over z [T, ...] from membrane u (None: at rest) -> (spikes [T, ...], u_T)."""
-        spikes = []
-        for z_t in z.unbind(0):
-            s, u = self.step(z_t, u, membrane)
-            spikes.append(s)
-        return torch.stack(spikes), u
+        return lif_steps(z, u, self.leak, self.threshold, membrane)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.run(z)[0]
