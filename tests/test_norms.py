@@ -4,8 +4,8 @@ rule is BNTT's alone. The norms after BNTT (tebn, tab, mpbn) are checked against
 tests/spec_equations.py, and MPBN's folded threshold against its unfolded BatchNorm. Every
 backend agrees with the reference for each norm: tests/test_equivalence.py."""
 import copy
+import importlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -493,7 +493,16 @@ def test_mpbn_folded_into_the_threshold_gives_the_unfolded_network(arch):
     torch.testing.assert_close(folded, unfolded, rtol=0, atol=1e-12)
 
 
-def test_the_ablation_table_is_the_mean_and_sample_std_over_seeds(tmp_path):
+def reproduce_script(name):
+    """The module of scripts/reproduce/<name>.py, imported in this process."""
+    sys.path.insert(0, str(ROOT / "scripts" / "reproduce"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_the_ablation_table_is_the_mean_and_sample_std_over_seeds(tmp_path, capsys):
     """scripts/reproduce/ablation_table.py on hand-written metrics of two norms and three seeds."""
     finals = {"bntt": (80.0, 82.0, 84.0), "none": (10.0, 10.0, 13.0)}
     for norm, values in finals.items():
@@ -503,32 +512,27 @@ def test_the_ablation_table_is_the_mean_and_sample_std_over_seeds(tmp_path):
             rows = [{"epoch": 1, "train_top1": 50.0, "test_top1": final - 5},
                     {"epoch": 2, "train_top1": 60.0 + seed, "test_top1": final}]
             (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    script = ROOT / "scripts" / "reproduce" / "ablation_table.py"
-    result = subprocess.run([sys.executable, str(script), str(tmp_path), "x", "--norms", "bntt",
-                             "none", "--seeds", "0", "1", "2"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "| `bntt` | 80.00 | 82.00 | 84.00 | 82.00 +- 2.00 | 61.00 |" in result.stdout
-    assert "| `none` | 10.00 | 10.00 | 13.00 | 11.00 +- 1.73 | 61.00 |" in result.stdout
+    ablation_table = reproduce_script("ablation_table")
+    argv = [str(tmp_path), "x", "--norms", "bntt", "none", "--seeds", "0", "1", "2"]
+    assert ablation_table.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| `bntt` | 80.00 | 82.00 | 84.00 | 82.00 +- 2.00 | 61.00 |" in printed
+    assert "| `none` | 10.00 | 10.00 | 13.00 | 11.00 +- 1.73 | 61.00 |" in printed
     summary = json.loads((tmp_path / "x.json").read_text())
     assert summary["epochs"] == 2 and summary["norms"]["bntt"]["curve_mean"] == [77.0, 82.0]
     assert summary["norms"]["none"]["curve_min"] == [5.0, 10.0]
     (tmp_path / "x_none_s2" / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_top1": 1.0,
                                                                      "test_top1": 8.0}) + "\n")
-    result = subprocess.run([sys.executable, str(script), str(tmp_path), "x", "--norms", "bntt",
-                             "none", "--seeds", "0", "1", "2"], capture_output=True, text=True)
-    assert result.returncode == 1
-    assert result.stderr.strip() == "runs with fewer tested epochs than the others: x_none_s2"
+    with pytest.raises(SystemExit) as stop:  # exit status 1, the message on stderr
+        ablation_table.main(argv)
+    assert stop.value.code == "runs with fewer tested epochs than the others: x_none_s2"
 
 
 def test_batch_statistics_scores_as_train_py_does_and_changes_nothing(tiny_trained_run, capsys):
     """scripts/reproduce/batch_statistics.py: with the run's test images, test batch (twice its
     batch_size, 32) and eval seed its running-statistics column is the top-1 train.py reported; its batch-statistics column runs
     the norms in training mode on a copy, so the checkpoint's statistics stay as they were."""
-    sys.path.insert(0, str(ROOT / "scripts" / "reproduce"))
-    try:
-        import batch_statistics
-    finally:
-        sys.path.pop(0)
+    batch_statistics = reproduce_script("batch_statistics")
     before = (tiny_trained_run / "last.pt").read_bytes()
     reported = json.loads((tiny_trained_run / "metrics.jsonl").read_text().splitlines()[-1])
     batch_statistics.main([str(tiny_trained_run), "--test_samples", "20", "--batch_size", "32"])
