@@ -26,6 +26,7 @@ from bntt.engines import ENGINES
 from bntt.names import check_name
 from bntt.networks import ARCHS, SPIKING_ARCHS
 from bntt.norms import NORMS, TRAINS_ON_ALL_STEPS
+from bntt.paper import WEIGHT_DECAY
 
 SEED_RANGE = 2 ** 32  # NumPy's seeds are 32-bit
 # Upper bounds, so that a typo is one line rather than an allocation failure or a fork storm:
@@ -89,6 +90,9 @@ class Config:
     bntt_sync: str = option("global", "under torchrun: BNTT statistics of every step over the "
                                       "global batch (global: the one-process network) or per "
                                       "process (local)")
+    weight_decay: float = option(WEIGHT_DECAY, "SGD weight decay on every parameter (the paper: "
+                                               "1e-4); another value is an analysis of the early "
+                                               "exit, not the paper's recipe")
     gamma_decay: bool = option(True, "weight decay on BNTT's gammas, as on every parameter (the "
                                      "paper); --no-gamma_decay exempts the gammas only: an "
                                      "analysis of the early exit, not the paper's recipe")
@@ -126,6 +130,8 @@ class Config:
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.num_epochs >= 1, f"num_epochs must be >= 1, got {self.num_epochs}"),
             (self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+             f"weight_decay must be >= 0, got {self.weight_decay}"),
             (0 < self.leak_mem <= 1, f"leak_mem must be in (0, 1], got {self.leak_mem}"),
             (0 <= self.num_workers <= MAX_WORKERS,
              f"num_workers must be in 0..{MAX_WORKERS}, got {self.num_workers}"),

@@ -32,16 +32,17 @@ LR_DECAY_PERCENTS = (50, 70, 90)  # the learning rate is divided by 10 after the
 LR_DECAY_FACTOR = 0.1
 
 
-def sgd(parameters, lr: float, no_decay=()) -> torch.optim.SGD:
+def sgd(parameters, lr: float, no_decay=(), weight_decay: float = WEIGHT_DECAY) -> torch.optim.SGD:
     """The paper's optimiser: SGD, momentum 0.9, weight decay 1e-4, no Nesterov. `no_decay`:
-    parameters exempt from the weight decay, in a second group (train.py's --no-gamma_decay, an
-    analysis of the early exit, not the paper's recipe)."""
+    parameters exempt from the weight decay, in a second group (train.py's --no-gamma_decay);
+    `weight_decay` other than the paper's (train.py's --weight_decay). Both are analyses of the
+    early exit, not the paper's recipe."""
     exempt = {id(p) for p in no_decay}
     parameters = list(parameters)
     groups = [{"params": [p for p in parameters if id(p) not in exempt]}]
     if exempt:
         groups.append({"params": [p for p in parameters if id(p) in exempt], "weight_decay": 0.0})
-    return torch.optim.SGD(groups, lr=lr, momentum=SGD_MOMENTUM, weight_decay=WEIGHT_DECAY)
+    return torch.optim.SGD(groups, lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay)
 
 
 def lr_milestones(num_epochs: int) -> list[int]:

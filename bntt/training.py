@@ -124,7 +124,8 @@ def prepare_run(cfg: Config, ckpt: dict | None, world: distributed.World | None 
         raise UsageError(str(err)) from None
     model = distributed.unwrap(net)  # the ANN twin's BatchNorms may have become SyncBatchNorms
     gammas = [] if cfg.gamma_decay else [bn.weight for _, bn in model.bntt_layers()]
-    run = Run(cfg, folder, device, model, sgd(model.parameters(), cfg.lr, no_decay=gammas), train_loader,
+    run = Run(cfg, folder, device, model, sgd(model.parameters(), cfg.lr, no_decay=gammas,
+                                        weight_decay=cfg.weight_decay), train_loader,
               test_loader, engine=model.backend.name if model.backend else cfg.engine,
               world=world, net=net)
     if ckpt is not None:
@@ -174,13 +175,16 @@ class GammaGradients:
     """Which time steps BNTT's gammas get gradient at: for every BNTT layer and step t, the
     mean and the spread (standard deviation, over channels) of dLoss/dgamma[t, :], averaged
     over the batches of an epoch. The gradient is the loss's, before the optimiser adds weight
-    decay. Kept on the model's device, so that adding a batch costs no synchronisation.
+    decay. Kept on the model's device, so that adding a batch costs no synchronisation. The row
+    also holds each layer's mean gamma per step when it is made (after the epoch's updates), so
+    that metrics.jsonl shows the gammas through training and where the gamma exit would fire.
 
     Example::
 
         stats = GammaGradients(model.bntt_layers())
         loss.backward(); stats.add()          # after every backward pass
-        stats.row()   # {"gamma_grad_mean": {"bntt1": [T floats], ...}, "gamma_grad_std": {...}}
+        stats.row()   # {"gamma_grad_mean": {"bntt1": [T floats], ...}, "gamma_grad_std": {...},
+                      #  "gamma_mean": {...}}
     """
 
     def __init__(self, layers):
@@ -201,7 +205,9 @@ class GammaGradients:
             return {}
         means = {name: (s / self.batches).tolist() for name, s in self.sums.items()}
         return {"gamma_grad_mean": {name: m[0] for name, m in means.items()},
-                "gamma_grad_std": {name: m[1] for name, m in means.items()}}
+                "gamma_grad_std": {name: m[1] for name, m in means.items()},
+                "gamma_mean": {name: bn.weight.detach().float().mean(1).tolist()
+                               for name, bn in self.layers}}
 
 
 def train_epoch(run: Run, epoch: int, desc: str) -> dict:

@@ -1,6 +1,7 @@
-"""The gamma analysis of training: --no-gamma_decay and the per-step gradient statistic of BNTT's
-gammas (docs/early-exit/README.md)."""
+"""The gamma analysis of training: --no-gamma_decay, --weight_decay, the per-step gradient
+statistic of BNTT's gammas and their means through training (docs/early-exit/README.md)."""
 import json
+import math
 
 import pytest
 import torch
@@ -27,9 +28,11 @@ def one_sgd_step_of_zero_gradient(run):
     return before, dict(run.model.named_parameters())
 
 
-@pytest.mark.parametrize("gamma_decay", [True, False])
-def test_no_gamma_decay_exempts_the_gammas_and_nothing_else(tmp_path, gamma_decay):
-    run = prepare_run(Config(**ONE_BATCH, out_dir=str(tmp_path), gamma_decay=gamma_decay), None)
+@pytest.mark.parametrize("gamma_decay,weight_decay", [(True, WEIGHT_DECAY), (False, WEIGHT_DECAY),
+                                                      (True, 5e-4), (False, 5e-4)])
+def test_no_gamma_decay_exempts_the_gammas_and_nothing_else(tmp_path, gamma_decay, weight_decay):
+    run = prepare_run(Config(**ONE_BATCH, out_dir=str(tmp_path), gamma_decay=gamma_decay,
+                             weight_decay=weight_decay), None)
     gammas = {f"{name}.weight" for name, _ in run.model.bntt_layers()}
     assert len(gammas) == 8  # VGG9: seven conv blocks and fc1
     before, after = one_sgd_step_of_zero_gradient(run)
@@ -37,7 +40,7 @@ def test_no_gamma_decay_exempts_the_gammas_and_nothing_else(tmp_path, gamma_deca
     for name, p in after.items():
         decays = gamma_decay or name not in gammas
         # first step of momentum SGD: the buffer is the decay term itself, w -= lr * wd * w
-        expected = before[name] * (1 - lr * WEIGHT_DECAY) if decays else before[name]
+        expected = before[name] * (1 - lr * weight_decay) if decays else before[name]
         # decay moves a weight by lr * wd = 1e-5 of itself; float32 rounds at 1e-7
         torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-12, msg=name)
     assert len(run.optimizer.param_groups) == (1 if gamma_decay else 2)
@@ -79,24 +82,34 @@ def test_gamma_gradient_statistic_averages_the_batches():
     assert GammaGradients([]).row() == {}
 
 
-def test_train_py_logs_the_statistic_and_records_the_flag(tmp_path):
+def test_train_py_logs_the_statistic_and_the_gammas_and_records_the_flags(tmp_path):
     argv = tiny_args(train_samples=32, test_samples=8, num_epochs=1) + [
-        "--out_dir", str(tmp_path), "--run_name", "r", "--no-gamma_decay"]
+        "--out_dir", str(tmp_path), "--run_name", "r", "--no-gamma_decay", "--weight_decay", "5e-4"]
     assert train.cli(argv) == 0
     row = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
-    assert sorted(row["gamma_grad_mean"]) == sorted(row["gamma_grad_std"]) == \
-        ["bntt1", "bntt2", "bntt3", "bntt4", "bntt5", "bntt6", "bntt7", "bntt_fc"]
+    names = ["bntt1", "bntt2", "bntt3", "bntt4", "bntt5", "bntt6", "bntt7", "bntt_fc"]
+    assert sorted(row["gamma_grad_mean"]) == sorted(row["gamma_grad_std"]) == names
     ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
-    assert ckpt["config"]["gamma_decay"] is False
-    assert [g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]] == [WEIGHT_DECAY, 0.0]
+    assert ckpt["config"]["gamma_decay"] is False and ckpt["config"]["weight_decay"] == 5e-4
+    assert [g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]] == [5e-4, 0.0]
+    # the gammas the epoch ended with, the ones its checkpoint holds (its one step moved some)
+    moved = False
+    for name in names:
+        steps = len(row["gamma_mean"][name])
+        # the authors' layout: one BatchNorm per step, bntt1.<t>.weight
+        gamma = torch.stack([ckpt["state_dict"][f"{name}.{t}.weight"] for t in range(steps)])
+        torch.testing.assert_close(torch.tensor(row["gamma_mean"][name]), gamma.mean(1))
+        moved |= row["gamma_mean"][name] != pytest.approx([1.0] * steps, abs=1e-7)
+    assert moved
 
 
-def test_decay_alone_is_what_the_papers_sgd_makes_of_a_parameter_without_gradient():
+@pytest.mark.parametrize("weight_decay", [WEIGHT_DECAY, 5e-4])
+def test_decay_alone_is_what_the_papers_sgd_makes_of_a_parameter_without_gradient(weight_decay):
     """paper.decay_alone against torch's SGD (paper.sgd, the LR schedule of train.py) stepping a
     float64 parameter of 1 whose gradient is always 0, epoch by epoch; and the rule of thumb."""
     num_epochs, steps = 6, 40  # LR drops after epochs 3, 4 and 5 (0-based)
     param = torch.nn.Parameter(torch.ones((), dtype=torch.float64))
-    optimizer = paper.sgd([param], lr=0.3)
+    optimizer = paper.sgd([param], lr=0.3, weight_decay=weight_decay)
     stepped = []
     for epoch in range(num_epochs):
         for group in optimizer.param_groups:
@@ -105,11 +118,13 @@ def test_decay_alone_is_what_the_papers_sgd_makes_of_a_parameter_without_gradien
             param.grad = torch.zeros_like(param)
             optimizer.step()
         stepped.append(param.item())
-    assert paper.decay_alone(0.3, num_epochs, steps) == pytest.approx(stepped, rel=1e-12)
+    assert paper.decay_alone(0.3, num_epochs, steps, weight_decay) == pytest.approx(stepped, rel=1e-12)
     assert stepped[2] < stepped[1] < stepped[0] < 1 and stepped[-1] < stepped[3]
-    # about lr * wd / (1 - momentum) a step at a fixed lr: 1 to 0.1 in 7,675 steps at lr 0.3
-    at_full_lr = paper.decay_alone(0.3, 100, 7675)[0]
-    assert at_full_lr == pytest.approx(0.1, rel=0.01)
-    # the velocity builds up over the first momentum / (1 - momentum) = 9 steps
-    assert paper.decay_alone(0.3, 100, 195)[:2] == pytest.approx(
-        [(1 - 3e-4) ** (195 - 9), (1 - 3e-4) ** (390 - 9)], rel=1e-3)
+    # about f = lr * wd / (1 - momentum) a step at a fixed lr, once the velocity has built up
+    # over the first momentum / (1 - momentum) = 9 steps: 1 to 0.1 in 7,675 + 9 steps at lr 0.3
+    # and the paper's decay, 1,535 + 9 at 5e-4
+    f = 0.3 * weight_decay / (1 - paper.SGD_MOMENTUM)
+    assert paper.decay_alone(0.3, 100, round(math.log(10) / f) + 9, weight_decay)[0] == \
+        pytest.approx(0.1, rel=0.01)
+    assert paper.decay_alone(0.3, 100, 195, weight_decay)[:2] == pytest.approx(
+        [(1 - f) ** (195 - 9), (1 - f) ** (390 - 9)], rel=1e-3)
