@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import torch
 
 
+EXIT_THRESHOLD = 0.1  # alpha of the gamma rule, the value commonly quoted for the paper
+
+
 def prefix_logits(currents: torch.Tensor) -> torch.Tensor:
     """Readout currents [T, B, classes] -> logits after each prefix of steps (Eq. 10 for t
     steps), accumulated in at least float32."""
@@ -64,6 +67,24 @@ def gamma_exit_step(gamma_mean: torch.Tensor, alpha: float) -> int:
     below = (gamma_mean < alpha).all(dim=0)
     hits = torch.nonzero(below)
     return int(hits[0]) + 1 if len(hits) else gamma_mean.shape[1]
+
+
+def gamma_exit(model, top1_per_step: list, alpha: float = EXIT_THRESHOLD) -> dict:
+    """The gamma rule on a trained model, with `top1_per_step` (t = 1..T) the accuracy after
+    each prefix: where it exits, the accuracy there against all T steps, and whether it fired
+    (`triggered`; False means it runs all T steps). A network without BNTT (the ablation's
+    other normalisations) has no gamma per step: `applicable` is False and it runs T steps."""
+    steps = len(top1_per_step)
+    if not model.bntt_layers():
+        return {"alpha": alpha, "exit_step": steps, "top1_at_exit": top1_per_step[-1],
+                "top1_full": top1_per_step[-1], "steps_saved": 0, "triggered": False,
+                "applicable": False,
+                "note": f"the gamma rule applies to BNTT only; this network uses norm {model.norm}"}
+    mean = gamma_statistics(model).mean
+    step = gamma_exit_step(mean, alpha)
+    return {"alpha": alpha, "exit_step": step, "top1_at_exit": top1_per_step[step - 1],
+            "top1_full": top1_per_step[-1], "steps_saved": steps - step,
+            "triggered": bool((mean[:, step - 1] < alpha).all()), "applicable": True}
 
 
 def softmax_margin(logits: torch.Tensor) -> torch.Tensor:

@@ -186,6 +186,26 @@ def test_energy_time_curve_and_accuracy():
         assert row["snn_energy_uj"] <= total["snn_energy_uj"] * (1 + 1e-12)
 
 
+def test_gamma_exit_step_accuracy_and_energy_saved():
+    model = small_model("vgg9", 4, torch.float64, img_size=16, engine="multistep", in_channels=1).eval()
+    with torch.no_grad():  # every layer's gammas below 0.1 from step 3 on: the rule stops there
+        for _, bn in model.bntt_layers():
+            bn.weight[2:] = 0.05
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(20, 1, 16, 16, generator=g, dtype=torch.float64) * 1.5
+    result = activity.activity_pass(model, _loader(images, torch.randint(0, 10, (20,), generator=g), 8),
+                                    torch.device("cpu"))
+    fires = activity.build_report(model, result, 0.9, 4.6, [0.5], alpha=0.1)
+    time, ge = fires["time"], fires["gamma_exit"]
+    assert (ge["exit_step"], ge["triggered"], ge["steps_saved"]) == (3, True, 1)
+    assert ge["top1_at_exit"] == time[2]["top1"] and ge["top1_full"] == time[3]["top1"]
+    assert ge["snn_energy_uj_at_exit"] == time[2]["snn_energy_uj"]
+    assert ge["energy_saved_fraction"] == pytest.approx(1 - time[2]["snn_energy_uj"] / time[3]["snn_energy_uj"])
+    assert 0 < ge["energy_saved_fraction"] < 1
+    stays = activity.build_report(model, result, 0.9, 4.6, [0.5], alpha=0.05)["gamma_exit"]  # strictly below
+    assert (stays["exit_step"], stays["triggered"], stays["energy_saved_fraction"]) == (4, False, 0.0)
+
+
 def test_sequence_network_counts_direct_input_as_macs():
     steps = 4
     model = build_model("fc", num_steps=steps, in_features=5, hidden=(6, 7), num_cls=10,

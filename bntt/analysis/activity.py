@@ -13,7 +13,9 @@ engine) this counts, in one pass:
   for other technologies), this gives the energy of both networks per image, layer by layer;
 - beyond the paper: the energy of running only the first t steps against the accuracy after t
   steps (the readout accumulates, so one pass gives every prefix), and the same for the
-  per-sample softmax-margin exit of bntt.early_exit.
+  per-sample softmax-margin exit of bntt.early_exit;
+- the paper's gamma exit (--exit_threshold alpha): the step it stops at, the accuracy and the
+  energy there, and the share of the energy of all T steps it saves.
 
 Every normalisation of the ablation (--norm) is counted alike: none of these numbers depends on
 BNTT's gammas, and each normalisation folds into a scale and offset per neuron at inference.
@@ -356,7 +358,8 @@ def ann_pass(model, loader, device) -> AnnScore:
 
 # -- the report -------------------------------------------------------------------------------
 
-def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidences) -> dict:
+def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidences,
+                 alpha: float = early_exit.EXIT_THRESHOLD) -> dict:
     counter, scores, steps = activity.counter, activity.scores, model.num_steps
     n = scores.images
     spiking = counter.spiking_blocks()
@@ -417,6 +420,11 @@ def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidenc
                             "mean_steps": (stop + 1).double().mean().item(),
                             "snn_energy_uj": energy * 1e-6,
                             "ann_over_snn": ann_pj / energy if energy else math.inf})
+    gamma_exit = early_exit.gamma_exit(model, acc, alpha)
+    at_exit = time[gamma_exit["exit_step"] - 1]["snn_energy_uj"]
+    gamma_exit.update({"snn_energy_uj_at_exit": at_exit, "snn_energy_uj_full": time[-1]["snn_energy_uj"],
+                       "energy_saved_fraction": 1 - at_exit / time[-1]["snn_energy_uj"]
+                       if time[-1]["snn_energy_uj"] else 0.0})
     return {
         "kind": "snn", "norm": model.norm,
         "num_steps": steps, "test_images": n, "engine": "multistep",
@@ -429,6 +437,7 @@ def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidenc
         "energy": {"layers": layers, "total": total},
         "time": time,
         "sample_exit": sample_exit,
+        "gamma_exit": gamma_exit,
     }
 
 
@@ -506,6 +515,15 @@ def print_report(report: dict) -> None:
     for r in report["time"]:
         print(f"{r['t']:>4} {r['top1']:>7.2f} {r['snn_energy_uj']:>10.4g} {r['fraction_of_full']:>8.1%} "
               f"{_ratio(r['ann_over_snn']):>9}")
+    ge = report["gamma_exit"]
+    if not ge["applicable"]:
+        print(f"\ngamma exit: {ge['note']}")
+    elif ge["triggered"]:
+        print(f"\ngamma exit (alpha {ge['alpha']:g}): fires at step {ge['exit_step']} of {steps}: "
+              f"{ge['top1_at_exit']:.2f}% (all steps {ge['top1_full']:.2f}%), "
+              f"{ge['snn_energy_uj_at_exit']:.4g} uJ per image, {ge['energy_saved_fraction']:.1%} saved")
+    else:
+        print(f"\ngamma exit (alpha {ge['alpha']:g}): does not fire; all {steps} steps run, nothing saved")
     print("\nper-sample exit (softmax margin >= threshold)")
     print(f"{'threshold':>9} {'top-1':>7} {'mean steps':>10} {'uJ/image':>10} {'ANN/SNN':>9}")
     for r in report["sample_exit"]:
@@ -605,6 +623,10 @@ def plot(report: dict, out: Report) -> None:
     full = report["time"][-1]
     ax.plot([full["snn_energy_uj"]], [full["top1"]], marker="*", markersize=14, color="r", linestyle="",
             label=f"SNN, all {steps} steps: {full['snn_energy_uj']:.3g} uJ")
+    ge = report["gamma_exit"]
+    if ge["triggered"]:
+        ax.plot([ge["snn_energy_uj_at_exit"]], [ge["top1_at_exit"]], marker="D", markersize=8, color="m",
+                linestyle="", label=f"gamma exit (alpha {ge['alpha']:g}) at t = {ge['exit_step']}")
     ax.axvline(tot["ann_energy_uj"], color="k", linestyle=":",
                label=f"ANN (same architecture): {tot['ann_energy_uj']:.3g} uJ")
     # The SNN's points sit orders of magnitude below the ANN's line: a log axis shows both.
@@ -640,12 +662,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"energy of a multiply-accumulate in pJ (default: {E_MAC_45NM}, 45 nm)")
     p.add_argument("--confidence", type=float, nargs="+", default=list(DEFAULT_CONFIDENCES),
                    help="softmax-margin thresholds of the per-sample exit")
+    p.add_argument("--exit_threshold", type=float, default=early_exit.EXIT_THRESHOLD,
+                   help="alpha of the gamma rule, whose exit step and energy the report gives "
+                        f"(default: {early_exit.EXIT_THRESHOLD})")
     p.add_argument("--out_dir", default=None, help="default: <checkpoint folder>/activity")
     p.add_argument("--no_plots", action="store_true", help="skip the PNG figures")
 
 
 def _check(args) -> None:
-    require_positive([(args.e_ac, "--e_ac"), (args.e_mac, "--e_mac")]
+    require_positive([(args.e_ac, "--e_ac"), (args.e_mac, "--e_mac"), (args.exit_threshold, "--exit_threshold")]
                      + [(c, "--confidence") for c in args.confidence])
     check_scoring_flags(args)
 
@@ -661,7 +686,8 @@ def run(args) -> int:
         report = build_ann_report(model, ann_pass(model, loader, device), args.e_mac)
     else:
         activity = activity_pass(model, loader, device, args.eval_seed)
-        report = build_report(model, activity, args.e_ac, args.e_mac, args.confidence)
+        report = build_report(model, activity, args.e_ac, args.e_mac, args.confidence,
+                              args.exit_threshold)
         report.update({"eval_seed": args.eval_seed, "leak_mem": model.leak_mem})
     report.update({"checkpoint": str(source), "dataset": trained.dataset, "arch": trained.arch,
                    "batch_size": args.batch_size})

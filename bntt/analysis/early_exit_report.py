@@ -32,9 +32,9 @@ DEFAULT_CONFIDENCES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="a .pt file, or a run folder (its last.pt; name best.pt to score that)")
-    p.add_argument("--exit_threshold", type=float, default=0.1,
+    p.add_argument("--exit_threshold", type=float, default=early_exit.EXIT_THRESHOLD,
                    help="alpha of the gamma rule: exit at the first step where every BNTT layer's "
-                        "mean gamma is below it (default: 0.1)")
+                        f"mean gamma is below it (default: {early_exit.EXIT_THRESHOLD})")
     p.add_argument("--confidence", type=float, nargs="+", default=list(DEFAULT_CONFIDENCES),
                    help="softmax-margin thresholds of the per-sample exit")
     p.add_argument("--eval_seed", type=int, default=0, help="seed of the Poisson draws (default: 0)")
@@ -66,19 +66,9 @@ def build_report(model, scores: early_exit.PrefixScores, alpha: float, confidenc
     acc1 = (100.0 * scores.top1.double() / n).tolist()
     acc5 = (100.0 * scores.top5.double() / n).tolist()
     steps = model.num_steps
-    if model.bntt_layers():
-        gammas = early_exit.gamma_statistics(model)
-        exit_step = early_exit.gamma_exit_step(gammas.mean, alpha)
-        gamma_exit = {"alpha": alpha, "exit_step": exit_step, "top1_at_exit": acc1[exit_step - 1],
-                      "top1_full": acc1[-1], "steps_saved": steps - exit_step,
-                      "triggered": bool((gammas.mean[:, exit_step - 1] < alpha).all()),
-                      "applicable": True}
-    else:  # the ablation's other normalisations have no gamma per step
-        gammas = early_exit.GammaStats([], *[torch.zeros(0, steps)] * 4)
-        gamma_exit = {"alpha": alpha, "exit_step": steps, "top1_at_exit": acc1[-1],
-                      "top1_full": acc1[-1], "steps_saved": 0, "triggered": False,
-                      "applicable": False,
-                      "note": f"the gamma rule applies to BNTT only; this network uses norm {model.norm}"}
+    gammas = (early_exit.gamma_statistics(model) if model.bntt_layers()
+              else early_exit.GammaStats([], *[torch.zeros(0, steps)] * 4))
+    gamma_exit = early_exit.gamma_exit(model, acc1, alpha)
     return {
         "num_steps": steps, "test_images": n,
         "per_step": [{"t": t + 1, "top1": acc1[t], "top5": acc5[t]} for t in range(steps)],
