@@ -1,5 +1,8 @@
 """Small builders shared by the tests."""
+import importlib
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +11,18 @@ import torch
 from bntt.config import Config
 from bntt.networks import build_network
 from model import build_model
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def reproduce_script(name):
+    """The module of scripts/reproduce/<name>.py, imported in this process."""
+    sys.path.insert(0, str(ROOT / "scripts" / "reproduce"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 # A train.py run small enough for a test: VGG9 at T=2 on a few bundled Fashion-MNIST images.

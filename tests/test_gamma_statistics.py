@@ -14,7 +14,7 @@ from bntt.config import Config
 from bntt.data.sampling import set_epoch
 from bntt.paper import WEIGHT_DECAY
 from bntt.training import GammaGradients, prepare_run, train_epoch
-from helpers import TINY_RUN, tiny_args
+from helpers import TINY_RUN, reproduce_script, tiny_args
 
 ONE_BATCH = {**TINY_RUN, "train_samples": 32, "test_samples": 8, "num_epochs": 1}
 
@@ -122,9 +122,40 @@ def test_decay_alone_is_what_the_papers_sgd_makes_of_a_parameter_without_gradien
     assert stepped[2] < stepped[1] < stepped[0] < 1 and stepped[-1] < stepped[3]
     # about f = lr * wd / (1 - momentum) a step at a fixed lr, once the velocity has built up
     # over the first momentum / (1 - momentum) = 9 steps: 1 to 0.1 in 7,675 + 9 steps at lr 0.3
-    # and the paper's decay, 1,535 + 9 at 5e-4
+    # and the paper's decay, 1,535 + 9 at 5e-4; f is first order in lr * wd (the second order
+    # takes 0.6% and 3% off at these two)
     f = 0.3 * weight_decay / (1 - paper.SGD_MOMENTUM)
     assert paper.decay_alone(0.3, 100, round(math.log(10) / f) + 9, weight_decay)[0] == \
-        pytest.approx(0.1, rel=0.01)
+        pytest.approx(0.1, rel=0.04)
     assert paper.decay_alone(0.3, 100, 195, weight_decay)[:2] == pytest.approx(
-        [(1 - f) ** (195 - 9), (1 - f) ** (390 - 9)], rel=1e-3)
+        [(1 - f) ** (195 - 9), (1 - f) ** (390 - 9)], rel=1e-3 if weight_decay == WEIGHT_DECAY else 1e-2)
+
+
+def test_gamma_training_table_reads_the_gammas_against_decay_alone(tmp_path, capsys):
+    """scripts/reproduce/gamma_training.py on a hand-written run folder of 2 epochs at T = 2."""
+    gamma_training = reproduce_script("gamma_training")
+    rows = [{"bntt1": [0.05, 0.5], "bntt_fc": [0.08, 0.02]},   # every layer below 0.1 at t = 1
+            {"bntt1": [0.5, 0.05], "bntt_fc": [0.12, 0.02]}]   # at t = 2 only
+    for name, gamma_decay in (("decay", True), ("exempt", False)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(
+            {"lr": 0.3, "weight_decay": 5e-4, "num_epochs": 2, "batch_size": 16, "num_steps": 2,
+             "gamma_decay": gamma_decay}))
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(
+            {"epoch": e + 1, "lr": 0.3, "train_images": 800, "test_top1": 50.0 + e,
+             "gamma_mean": g, "gamma_grad_std": {n: [1e-3, 1e-8] for n in g}}) + "\n"
+            for e, g in enumerate(rows)))
+    assert gamma_training.main([str(tmp_path / "decay"), str(tmp_path / "exempt")]) == 0
+    runs = json.loads((tmp_path / "gamma_training.json").read_text())
+    decay, exempt = runs
+    assert decay["steps_per_epoch"] == 50
+    assert [e["decay_alone"] for e in decay["epochs"]] == pytest.approx(paper.decay_alone(0.3, 2, 50, 5e-4))
+    assert [e["decay_alone"] for e in exempt["epochs"]] == [1.0, 1.0]
+    assert [(e["exit_step"], e["fires"]) for e in decay["epochs"]] == [(1, True), (2, True)]
+    assert decay["epochs"][1]["last_step"] == {"bntt1": 0.05, "bntt_fc": 0.02}
+    out = capsys.readouterr().out
+    assert "| 1 | 0.3 | 50.00 | 0.940 |" in out and "| t = 2 |" in out
+    assert gamma_training.main([str(tmp_path / "decay"), "--alpha", "0.03"]) == 0
+    assert [e["fires"] for e in json.loads((tmp_path / "gamma_training.json").read_text())[0]["epochs"]] \
+        == [False, False]

@@ -4,10 +4,7 @@ rule is BNTT's alone. The norms after BNTT (tebn, tab, mpbn) are checked against
 tests/spec_equations.py, and MPBN's folded threshold against its unfolded BatchNorm. Every
 backend agrees with the reference for each norm: tests/test_equivalence.py."""
 import copy
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,11 +17,10 @@ from bntt.distributed import World, prepare_model
 from bntt.models import SpikingFC, build_model
 from bntt.neuron import LIFNeuron
 from bntt.norms import MPBN, TAB, TEBN, TRAINS_ON_ALL_STEPS, MembraneBN, NoNorm, SharedBN, TDBN
-from helpers import assert_close_relative, needs_triton_interpreter, tiny_args
+from helpers import assert_close_relative, needs_triton_interpreter, reproduce_script, tiny_args
 
 EPS, MOMENTUM = 1e-4, 0.1
 AFTER_BNTT = ("tebn", "tab", "mpbn")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def stack(seed, shape=(3, 5, 4, 3, 3)):
@@ -491,15 +487,6 @@ def test_mpbn_folded_into_the_threshold_gives_the_unfolded_network(arch):
         assert torch.equal(out_folded, out_unfolded)
     assert folded.abs().max() > 0.05
     torch.testing.assert_close(folded, unfolded, rtol=0, atol=1e-12)
-
-
-def reproduce_script(name):
-    """The module of scripts/reproduce/<name>.py, imported in this process."""
-    sys.path.insert(0, str(ROOT / "scripts" / "reproduce"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.pop(0)
 
 
 def test_the_ablation_table_is_the_mean_and_sample_std_over_seeds(tmp_path, capsys):
