@@ -40,7 +40,7 @@ wait $second || { echo "training $exempt failed: see $OUT/$exempt.log" >&2; exit
 for name in "$decay" "$exempt"; do
   echo "== $name"
   python evaluate.py --checkpoint "$OUT/$name" --batch_size 100 --amp --out_dir "$OUT/$name/early_exit"
-  python analyze.py activity --checkpoint "$OUT/$name" --test_samples 2000 --batch_size 100 \
+  python analyze.py activity --checkpoint "$OUT/$name" --test_samples 1000 --batch_size 100 \
       --out_dir "$OUT/$name/activity"
 done
 python scripts/reproduce/gamma_training.py "$OUT/$decay" "$OUT/$exempt" --out_dir "$OUT"
