@@ -30,9 +30,9 @@ train() {  # run name, extra flags
   OMP_NUM_THREADS=$THREADS python train.py "${RECIPE[@]}" "$@" --run_name "$name" "${resume[@]}"
 }
 mkdir -p "$OUT"
-train "$decay" > "$OUT/$decay.log" 2>&1 &
+train "$decay" >> "$OUT/$decay.log" 2>&1 &
 first=$!
-train "$exempt" --no-gamma_decay > "$OUT/$exempt.log" 2>&1 &
+train "$exempt" --no-gamma_decay >> "$OUT/$exempt.log" 2>&1 &
 second=$!
 wait $first || { echo "training $decay failed: see $OUT/$decay.log" >&2; exit 1; }
 wait $second || { echo "training $exempt failed: see $OUT/$exempt.log" >&2; exit 1; }
