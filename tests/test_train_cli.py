@@ -141,7 +141,7 @@ def test_shipped_configs(name, expected):
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--num_steps", "0"], "num_steps must be >= 1, got 0"),
     (["--leak_mem", "1.5"], "leak_mem must be in (0, 1]"),
-    (["--weight_decay", "-1e-4"], "weight_decay must be >= 0, got -0.0001"),
+    (["--weight_decay", "-0.0001"], "weight_decay must be >= 0, got -0.0001"),
     (["--weight_decay", "nan"], "weight_decay must be >= 0, got nan"),
     (["--config", "no/such.toml"], "config file no/such.toml does not exist"),
     (["--resume", "no/such/run"], "checkpoint no/such/run does not exist"),
