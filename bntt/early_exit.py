@@ -47,6 +47,10 @@ class GammaStats:
 
 
 def gamma_statistics(model) -> GammaStats:
+    """The gammas of the model's BNTT layers; no layers (the ablation's other normalisations
+    have no gamma per step) gives [0, T] tensors."""
+    if not model.bntt_layers():
+        return GammaStats([], *[torch.zeros(0, model.num_steps)] * 4)
     names, gammas = zip(*[(name, bn.weight.detach().float().cpu()) for name, bn in model.bntt_layers()])
     return GammaStats(list(names), torch.stack([g.mean(1) for g in gammas]),
                       torch.stack([g.std(1) for g in gammas]),
@@ -69,22 +73,23 @@ def gamma_exit_step(gamma_mean: torch.Tensor, alpha: float) -> int:
     return int(hits[0]) + 1 if len(hits) else gamma_mean.shape[1]
 
 
-def gamma_exit(model, top1_per_step: list, alpha: float = EXIT_THRESHOLD) -> dict:
-    """The gamma rule on a trained model, with `top1_per_step` (t = 1..T) the accuracy after
-    each prefix: where it exits, the accuracy there against all T steps, and whether it fired
-    (`triggered`; False means it runs all T steps). A network without BNTT (the ablation's
-    other normalisations) has no gamma per step: `applicable` is False and it runs T steps."""
+def gamma_exit(gammas: GammaStats, top1_per_step: list, norm: str,
+               alpha: float = EXIT_THRESHOLD) -> dict:
+    """The gamma rule on a trained model's `gammas` (gamma_statistics), with `top1_per_step`
+    (t = 1..T) the accuracy after each prefix: where it exits, the accuracy there against all T
+    steps, and whether it fired (`triggered`; False means it runs all T steps). A network
+    without BNTT (`norm` another normalisation) has no gamma per step: `applicable` is False
+    and it runs T steps."""
     steps = len(top1_per_step)
-    if not model.bntt_layers():
+    if not gammas.layers:
         return {"alpha": alpha, "exit_step": steps, "top1_at_exit": top1_per_step[-1],
                 "top1_full": top1_per_step[-1], "steps_saved": 0, "triggered": False,
                 "applicable": False,
-                "note": f"the gamma rule applies to BNTT only; this network uses norm {model.norm}"}
-    mean = gamma_statistics(model).mean
-    step = gamma_exit_step(mean, alpha)
+                "note": f"the gamma rule applies to BNTT only; this network uses norm {norm}"}
+    step = gamma_exit_step(gammas.mean, alpha)
     return {"alpha": alpha, "exit_step": step, "top1_at_exit": top1_per_step[step - 1],
             "top1_full": top1_per_step[-1], "steps_saved": steps - step,
-            "triggered": bool((mean[:, step - 1] < alpha).all()), "applicable": True}
+            "triggered": bool((gammas.mean[:, step - 1] < alpha).all()), "applicable": True}
 
 
 def softmax_margin(logits: torch.Tensor) -> torch.Tensor:

@@ -420,7 +420,7 @@ def build_report(model, activity: Activity, e_ac: float, e_mac: float, confidenc
                             "mean_steps": (stop + 1).double().mean().item(),
                             "snn_energy_uj": energy * 1e-6,
                             "ann_over_snn": ann_pj / energy if energy else math.inf})
-    gamma_exit = early_exit.gamma_exit(model, acc, alpha)
+    gamma_exit = early_exit.gamma_exit(early_exit.gamma_statistics(model), acc, model.norm, alpha)
     at_exit = time[gamma_exit["exit_step"] - 1]["snn_energy_uj"]
     gamma_exit.update({"snn_energy_uj_at_exit": at_exit, "snn_energy_uj_full": time[-1]["snn_energy_uj"],
                        "energy_saved_fraction": 1 - at_exit / time[-1]["snn_energy_uj"]

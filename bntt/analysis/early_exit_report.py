@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from bntt import early_exit
 from bntt.analysis.report import Report
 from bntt.analysis.scoring import open_checkpoint, prefix_logits_pass
@@ -66,9 +64,8 @@ def build_report(model, scores: early_exit.PrefixScores, alpha: float, confidenc
     acc1 = (100.0 * scores.top1.double() / n).tolist()
     acc5 = (100.0 * scores.top5.double() / n).tolist()
     steps = model.num_steps
-    gammas = (early_exit.gamma_statistics(model) if model.bntt_layers()
-              else early_exit.GammaStats([], *[torch.zeros(0, steps)] * 4))
-    gamma_exit = early_exit.gamma_exit(model, acc1, alpha)
+    gammas = early_exit.gamma_statistics(model)
+    gamma_exit = early_exit.gamma_exit(gammas, acc1, model.norm, alpha)
     return {
         "num_steps": steps, "test_images": n,
         "per_step": [{"t": t + 1, "top1": acc1[t], "top5": acc5[t]} for t in range(steps)],
